@@ -1,0 +1,48 @@
+# The two commands README.md starts with: `make run` and `make test`.
+# Each installs what it needs itself (Debian packages via apt-get, a venv, pip packages).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# What the test tiers need from Debian: real Nix, real emulators, and a booted systemd.
+TEST_DEBS := nix-bin qemu-user-static systemd-container debootstrap
+RUN_DEBS  := python3-venv
+
+.PHONY: run test lint unit integration deps venv bench clean
+
+run: venv
+	@$(BIN)/binfmtd status; rc=$$?; [ $$rc -le 1 ] || exit $$rc
+
+test: deps venv lint
+	$(BIN)/python -m pytest -ra tests
+
+lint: venv
+	$(BIN)/ruff check binfmtd tests bench
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/python -m pytest -ra tests/unit
+
+bench: deps venv
+	$(BIN)/python bench/run.py
+
+# apt-get only when a package is missing, so a second run stays offline and fast.
+deps:
+	@missing=$$(for p in $(TEST_DEBS) $(RUN_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(RUN_DEBS); }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,171 @@
+"""binfmtd's command line: status, sync, run, remove (the contract is in README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from . import __version__
+from .config import Config, read_config
+from .errors import BinfmtdError
+from .host import Host, World, apply_plan, plan_for, read_world
+
+EXIT_OK, EXIT_ATTENTION, EXIT_ERROR = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="binfmtd",
+        description="Keep Nix's extra platforms and sandbox paths in step with binfmt_misc.",
+    )
+    parser.add_argument("--version", action="version", version=f"binfmtd {__version__}")
+    parser.add_argument("--config", type=Path, metavar="PATH",
+                        help="config.toml (default /etc/binfmtd/config.toml, optional; "
+                             "env BINFMTD_CONFIG)")
+    parser.add_argument("--binfmt-misc", type=Path, metavar="DIR",
+                        help="binfmt_misc folder (default /proc/sys/fs/binfmt_misc; "
+                             "env BINFMTD_BINFMT_MISC)")
+    parser.add_argument("--nix-conf", type=Path, metavar="PATH",
+                        help="nix.conf (default /etc/nix/nix.conf; env BINFMTD_NIX_CONF)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    status = commands.add_parser("status", help="what is registered and what Nix is told")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sync = commands.add_parser("sync", help="bring nix.conf in line once, then exit")
+    sync.add_argument("--check", action="store_true",
+                      help="change nothing; exit 1 if sync would change nix.conf")
+    sync.add_argument("--diff", action="store_true", help="print a unified diff of the change")
+    sync.add_argument("--json", action="store_true", help="print one JSON object")
+    sync.add_argument("--no-restart", action="store_true", help="do not restart nix-daemon")
+
+    remove = commands.add_parser("remove", help="take binfmtd's block out of nix.conf")
+    remove.add_argument("--no-restart", action="store_true", help="do not restart nix-daemon")
+    return parser
+
+
+def host_from(args: argparse.Namespace) -> Host:
+    """Paths from options, else BINFMTD_* variables, else the defaults."""
+    config = args.config or _env_path("BINFMTD_CONFIG")
+    binfmt_misc = args.binfmt_misc or _env_path("BINFMTD_BINFMT_MISC")
+    nix_conf = args.nix_conf or _env_path("BINFMTD_NIX_CONF")
+    host = Host()
+    return Host(
+        binfmt_misc=binfmt_misc or host.binfmt_misc,
+        nix_conf=nix_conf or host.nix_conf,
+        config=config or host.config,
+        config_required=config is not None,
+    )
+
+
+def _env_path(name: str) -> Optional[Path]:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        host = host_from(args)
+        config = read_config(host.config, required=host.config_required)
+        return COMMANDS[args.command](args, host, config)
+    except BinfmtdError as error:
+        print(f"binfmtd: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_status(args: argparse.Namespace, host: Host, config: Config) -> int:
+    from .status import gather_report
+    from .report import to_json, to_text
+
+    world = read_world(host, config)
+    report = gather_report(world, plan_for(world, config, host), host)
+    _print_report(report, args.json, to_json, to_text)
+    return EXIT_OK if report.healthy else EXIT_ATTENTION
+
+
+def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
+    from .report import to_json, to_text
+    from .status import gather_report
+
+    world = read_world(host, config)
+    planned = plan_for(world, config, host)
+    if planned.blocked:
+        raise BinfmtdError(planned.blocked)
+    if args.diff and planned.text is not None:
+        sys.stdout.write(unified_diff(world, planned.text))
+    if args.check:
+        if args.json:
+            report = gather_report(world, planned, host, ask_nix=False)
+            print(json.dumps(to_json(report, changed=planned.text is not None), indent=2))
+        _warn_problems(planned.problems)
+        return EXIT_ATTENTION if planned.text is not None else EXIT_OK
+    outcome = apply_plan(world, planned, config, host, restart=not args.no_restart)
+    _warn_problems(planned.problems)
+    if args.json:
+        after = read_world(host, config)
+        report = gather_report(after, plan_for(after, config, host), host)
+        print(json.dumps(to_json(report, changed=outcome.written, restart=outcome.restart),
+                         indent=2))
+    elif not args.diff:
+        print(_sync_summary(world, planned.platforms, outcome.written, outcome.restart))
+    return EXIT_OK
+
+
+def _sync_summary(world: World, platforms: Sequence[str], written: bool,
+                  restart: Optional[str]) -> str:
+    declared = " ".join(platforms) or "nothing"
+    if not written:
+        return f"{world.managed} already in sync (declares {declared})"
+    said = f"; nix-daemon {restart}" if restart else ""
+    return f"{world.managed} updated: declares {declared}{said}"
+
+
+def cmd_remove(args: argparse.Namespace, host: Host, config: Config) -> int:
+    from .conffile import write_conf_text
+    from .nixconf import BrokenBlock, without_block
+    from .nixdaemon import restart_nix_daemon
+
+    world = read_world(host, config)
+    if world.managed_text is None:
+        print(f"{world.managed} does not exist: nothing to remove")
+        return EXIT_OK
+    try:
+        original = without_block(world.managed_text)
+    except BrokenBlock as error:
+        raise BinfmtdError(f"{world.managed} {error}") from None
+    if original == world.managed_text or not write_conf_text(world.managed, original):
+        print(f"{world.managed} has no binfmtd block: nothing to remove")
+        return EXIT_OK
+    said = "" if args.no_restart else f"; nix-daemon {restart_nix_daemon(config.restart)}"
+    print(f"{world.managed}: binfmtd block removed{said}")
+    return EXIT_OK
+
+
+def unified_diff(world: World, new_text: str) -> str:
+    old = world.managed_text or ""
+    name = str(world.managed)
+    return "".join(difflib.unified_diff(
+        old.splitlines(keepends=True), new_text.splitlines(keepends=True),
+        fromfile=name, tofile=f"{name} (binfmtd)",
+    ))
+
+
+def _print_report(report: Any, as_json: bool, to_json: Any, to_text: Any) -> None:
+    print(json.dumps(to_json(report), indent=2) if as_json else to_text(report))
+
+
+def _warn_problems(problems: Sequence[object]) -> None:
+    for problem in problems:
+        print(f"binfmtd: warning: {problem}", file=sys.stderr)
+
+
+COMMANDS = {"status": cmd_status, "sync": cmd_sync, "remove": cmd_remove}

@@ -1,0 +1,111 @@
+"""Read and write the managed nix.conf. The one function that writes it lives here."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from .errors import BinfmtdError
+from .nixconf import included_files
+
+SELINUX_XATTR = "security.selinux"
+DETERMINATE_CUSTOM_FILE = "nix.custom.conf"
+
+
+def read_conf_text(path: Path) -> Optional[str]:
+    """The file's text (bytes kept through surrogateescape), None when it does not exist."""
+    try:
+        return path.read_bytes().decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise BinfmtdError(f"cannot read {path}: {error.strerror}") from error
+
+
+def managed_file(main_conf: Path, main_text: Optional[str], target: str) -> Path:
+    """Which file holds the block: nix.custom.conf where nix.conf includes it (Determinate)."""
+    if target != "auto":
+        return Path(target)
+    for name in included_files(main_text or ""):
+        if name == DETERMINATE_CUSTOM_FILE:
+            return main_conf.parent / name
+    return main_conf
+
+
+def write_conf_text(path: Path, text: str) -> bool:
+    """Replace the file atomically with `text`; False (and no write) when it is unchanged.
+
+    A symlinked nix.conf is written through: the link stays, its target is replaced.
+    The temp file is created O_EXCL beside the target, gets the old file's mode,
+    owner and SELinux label, is fsynced, renamed over the target, and the folder is
+    fsynced, so a crash leaves either the whole old or the whole new file.
+    """
+    target = Path(os.path.realpath(path))
+    data = text.encode("utf-8", "surrogateescape")
+    try:
+        if target.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        raise BinfmtdError(f"cannot read {target}: {error.strerror}") from error
+    try:
+        _replace(target, data)
+    except OSError as error:
+        raise BinfmtdError(
+            f"cannot write {target}: {error.strerror}; the old file is unchanged"
+        ) from error
+    return True
+
+
+def _replace(target: Path, data: bytes) -> None:
+    try:
+        old = os.stat(target)
+    except FileNotFoundError:
+        old = None
+    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".binfmtd",
+                                     dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as temp:
+            temp.write(data)
+            temp.flush()
+            if old is None:
+                os.fchmod(temp.fileno(), 0o644)
+            else:
+                os.fchmod(temp.fileno(), old.st_mode & 0o7777)
+                os.fchown(temp.fileno(), old.st_uid, old.st_gid)
+                _copy_selinux_label(target, temp.fileno())
+            os.fsync(temp.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        _remove_quietly(temp_name)
+        raise
+    _fsync_folder(target.parent)
+
+
+def _copy_selinux_label(source: Path, fd: int) -> None:
+    try:
+        label = os.getxattr(source, SELINUX_XATTR)
+    except OSError as error:
+        if error.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return
+        raise
+    os.setxattr(fd, SELINUX_XATTR, label)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

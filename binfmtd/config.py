@@ -1,0 +1,122 @@
+"""/etc/binfmtd/config.toml: optional; every key has a default that needs no file.
+
+    nix-conf-target = "auto"        # or a path; auto: nix.custom.conf when nix.conf
+                                    # `!include`s it (Determinate Nix), else nix.conf
+    ignore-platforms = []           # systems never to declare, e.g. ["mips-linux"]
+    declare-armv6l = true           # an ARM handler also declares armv6l-linux
+    declare-i686 = false            # declare i686-linux on an x86_64 host (Nix's own
+                                    # default already lists it there)
+    restart = "nix-daemon.service"  # a unit to try-restart, a command (a list of
+                                    # strings), or false for never
+    debounce-seconds = 0.2          # daemon: quiet time before acting on events
+    resync-seconds = 600            # daemon: safety-net resync interval
+    restart-interval-seconds = 10   # daemon: at most one nix-daemon restart per interval
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from .errors import BinfmtdError
+
+RestartPolicy = Union[str, tuple[str, ...], None]  # unit, command, or never
+
+
+@dataclass(frozen=True)
+class Config:
+    """binfmtd's settings after defaults are applied."""
+
+    nix_conf_target: str = "auto"
+    ignore_platforms: frozenset[str] = field(default_factory=frozenset)
+    declare_armv6l: bool = True
+    declare_i686: bool = False
+    restart: RestartPolicy = "nix-daemon.service"
+    debounce_seconds: float = 0.2
+    resync_seconds: float = 600.0
+    restart_interval_seconds: float = 10.0
+
+
+def parse_config(data: Mapping[str, Any], source: str) -> Config:
+    """A Config from parsed TOML; any unknown key or wrong type is one clear error."""
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        checker = _CHECKS.get(key)
+        if checker is None:
+            known = ", ".join(sorted(_CHECKS))
+            raise BinfmtdError(f"{source}: unknown key {key!r} (known keys: {known})")
+        values[key.replace("-", "_")] = checker(key, value, source)
+    return Config(**values)
+
+
+def _string(key: str, value: Any, source: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise BinfmtdError(f"{source}: {key} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _boolean(key: str, value: Any, source: str) -> bool:
+    if not isinstance(value, bool):
+        raise BinfmtdError(f"{source}: {key} must be true or false, not {value!r}")
+    return value
+
+
+def _seconds(key: str, value: Any, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise BinfmtdError(f"{source}: {key} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _string_set(key: str, value: Any, source: str) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BinfmtdError(f"{source}: {key} must be a list of strings, not {value!r}")
+    return frozenset(value)
+
+
+def _restart(key: str, value: Any, source: str) -> RestartPolicy:
+    if value is False:
+        return None
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise BinfmtdError(
+        f"{source}: {key} must be a unit name, a command as a list of strings, "
+        f"or false, not {value!r}"
+    )
+
+
+_CHECKS = {
+    "nix-conf-target": _string,
+    "ignore-platforms": _string_set,
+    "declare-armv6l": _boolean,
+    "declare-i686": _boolean,
+    "restart": _restart,
+    "debounce-seconds": _seconds,
+    "resync-seconds": _seconds,
+    "restart-interval-seconds": _seconds,
+}
+
+
+def read_config(path: Path, *, required: bool) -> Config:
+    """Read config.toml; a missing file means defaults unless the user named it."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python < 3.11 only
+        import tomli as tomllib
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if required:
+            raise BinfmtdError(f"{path}: no such file (check --config or BINFMTD_CONFIG)") from None
+        return Config()
+    except OSError as error:
+        raise BinfmtdError(f"{path}: cannot read: {error.strerror}") from error
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise BinfmtdError(f"{path}: not valid TOML: {error}") from error
+    return parse_config(data, str(path))

@@ -1,0 +1,170 @@
+"""Edit nix.conf: find, render and replace binfmtd's managed block, and nothing else.
+
+The block is always the last thing in the file and carries its own leading newline,
+so that taking it out restores the bytes before it exactly, including whether the
+file ended with a newline:
+
+    <the user's file, untouched>\n
+    # BEGIN binfmtd managed block: edits inside are overwritten
+    ...
+    # END binfmtd managed block\n
+
+Everything here is pure: text in, text out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+BEGIN_MARKER = "# BEGIN binfmtd managed block: edits inside are overwritten"
+END_MARKER = "# END binfmtd managed block"
+WHY_EXTRA_EXTRA = (
+    "# extra-extra-platforms appends to extra-platforms; "
+    "a plain extra-platforms line would replace Nix's defaults"
+)
+PLATFORMS_KEY = "extra-extra-platforms"
+SANDBOX_PATHS_KEY = "extra-sandbox-paths"
+# Settings that, written after the block, would replace what it declares.
+OVERRIDING_KEYS = frozenset(
+    {"platforms", "extra-platforms", "sandbox-paths", "include", "!include"}
+)
+# Nix splits values on whitespace and reads `#` as a comment and `=` in a sandbox
+# path as target=source: a path with any of them cannot be written faithfully.
+UNSAFE_PATH = re.compile(r"[\s=#\"'\\\x00-\x1f\x7f]")
+
+
+class BrokenBlock(ValueError):
+    """The file's binfmtd markers are not one well-formed block; nobody may edit it."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """Where the managed block lies in a file, and what it declares."""
+
+    start: int  # offset of its leading newline, or of BEGIN when it has none
+    end: int  # offset just past the END line
+    platforms: tuple[str, ...]
+    sandbox_paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One `key = value` line of a nix.conf, as Nix would read it."""
+
+    line: int  # 1-based
+    key: str
+    value: str
+
+
+def unsafe_path_reason(path: str) -> Optional[str]:
+    """Why a path cannot go into a Nix setting, or None when it can."""
+    if not path.startswith("/"):
+        return "is not an absolute path"
+    found = UNSAFE_PATH.search(path)
+    if found:
+        return f"contains {found.group()!r}, which Nix would misread in nix.conf"
+    return None
+
+
+def render_block(platforms: Sequence[str], sandbox_paths: Sequence[str]) -> Optional[str]:
+    """The block's lines for these declarations; None when there is nothing to declare."""
+    if not platforms and not sandbox_paths:
+        return None
+    lines = [BEGIN_MARKER, WHY_EXTRA_EXTRA]
+    if platforms:
+        lines.append(f"{PLATFORMS_KEY} = {' '.join(platforms)}")
+    if sandbox_paths:
+        lines.append(f"{SANDBOX_PATHS_KEY} = {' '.join(p + '?' for p in sandbox_paths)}")
+    lines.append(END_MARKER)
+    return "\n".join(lines) + "\n"
+
+
+def find_block(text: str) -> Optional[Block]:
+    """The managed block in `text`, None if there is none; BrokenBlock if it is damaged."""
+    begins = _marker_offsets(text, BEGIN_MARKER)
+    ends = _marker_offsets(text, END_MARKER)
+    if not begins and not ends:
+        return None
+    if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
+        raise BrokenBlock(
+            f"has {len(begins)} BEGIN and {len(ends)} END binfmtd marker lines where one "
+            "block is expected: remove the damaged block by hand, then run binfmtd sync"
+        )
+    begin, end_line = begins[0], ends[0]
+    newline = text.find("\n", end_line)
+    end = len(text) if newline < 0 else newline + 1
+    start = begin - 1 if begin > 0 and text[begin - 1] == "\n" else begin
+    inside = parse_settings(text[begin:end])
+    platforms = _values(inside, PLATFORMS_KEY)
+    sandbox = tuple(p[:-1] if p.endswith("?") else p for p in _values(inside, SANDBOX_PATHS_KEY))
+    return Block(start, end, platforms, sandbox)
+
+
+def _marker_offsets(text: str, marker: str) -> list[int]:
+    """Offsets of lines that are the marker (trailing whitespace and CR tolerated)."""
+    pattern = re.compile(rf"^{re.escape(marker)}[ \t\r]*$", re.MULTILINE)
+    return [found.start() for found in pattern.finditer(text)]
+
+
+def _values(settings: Iterable[Setting], key: str) -> tuple[str, ...]:
+    return tuple(word for s in settings if s.key == key for word in s.value.split())
+
+
+def without_block(text: str) -> str:
+    """The file as it was before binfmtd added its block."""
+    block = find_block(text)
+    if block is None:
+        return text
+    return text[:block.start] + text[block.end:]
+
+
+def with_block(text: str, block_text: Optional[str]) -> str:
+    """The file with the managed block replaced by `block_text` at its end."""
+    user_text = without_block(text)
+    if block_text is None:
+        return user_text
+    separator = "\n" if user_text else ""
+    return user_text + separator + block_text
+
+
+def parse_settings(text: str) -> list[Setting]:
+    """`key = value` lines as Nix reads them: `#` starts a comment, include lines count."""
+    settings = []
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        words = line.split(None, 1)
+        if words[0] in ("include", "!include"):
+            settings.append(Setting(number, words[0], words[1] if len(words) > 1 else ""))
+        elif "=" in line:
+            key, value = line.split("=", 1)
+            settings.append(Setting(number, key.strip(), value.strip()))
+    return settings
+
+
+def settings_after_block(text: str) -> list[Setting]:
+    """Lines after the block that replace what it declares (the block must be last)."""
+    block = find_block(text)
+    if block is None:
+        return []
+    offset_lines = text[:block.end].count("\n")
+    after = parse_settings(text[block.end:])
+    return [
+        Setting(s.line + offset_lines, s.key, s.value)
+        for s in after if s.key in OVERRIDING_KEYS
+    ]
+
+
+def block_is_last(text: str) -> bool:
+    """True when nothing but blank lines and comments follows the block."""
+    block = find_block(text)
+    return block is None or not parse_settings(text[block.end:])
+
+
+def included_files(text: str) -> list[str]:
+    """The files that `include`/`!include` lines name, in order."""
+    return [s.value for s in parse_settings(text) if s.key in ("include", "!include")]

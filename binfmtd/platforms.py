@@ -1,0 +1,166 @@
+"""Map an ELF magic (the bytes a binfmt_misc handler matches) to a Nix system double.
+
+The system is read from the registered magic itself: ELF class (EI_CLASS, byte 4),
+data encoding (EI_DATA, byte 5) and e_machine (bytes 18-19, in the file's byte order).
+A handler's name says nothing reliable: docker, Fedora and Rosetta all name theirs
+differently, and an administrator may call one anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+ELF_SIGNATURE = b"\x7fELF"
+ELFCLASS32, ELFCLASS64 = 1, 2
+ELFDATA2LSB, ELFDATA2MSB = 1, 2
+# e_flags bit that marks the MIPS n32 ABI; qemu's o32 masks require it clear.
+EF_MIPS_ABI2 = 0x20
+
+EM_SPARC = 2
+EM_386 = 3
+EM_68K = 4
+EM_MIPS = 8
+EM_PPC = 20
+EM_PPC64 = 21
+EM_S390 = 22
+EM_ARM = 40
+EM_SPARC32PLUS = 18
+EM_SPARCV9 = 43
+EM_X86_64 = 62
+EM_AARCH64 = 183
+EM_MICROBLAZE = 189
+EM_RISCV = 243
+EM_LOONGARCH = 258
+
+LSB, MSB = ELFDATA2LSB, ELFDATA2MSB
+C32, C64 = ELFCLASS32, ELFCLASS64
+
+# (e_machine, class, data) -> the Nix system that runs such binaries.
+# Covers what Nix knows as a Linux system double and qemu-user can emulate.
+NIX_SYSTEMS: dict[tuple[int, int, int], str] = {
+    (EM_386, C32, LSB): "i686-linux",
+    (EM_X86_64, C64, LSB): "x86_64-linux",
+    (EM_AARCH64, C64, LSB): "aarch64-linux",
+    (EM_ARM, C32, LSB): "armv7l-linux",
+    (EM_RISCV, C32, LSB): "riscv32-linux",
+    (EM_RISCV, C64, LSB): "riscv64-linux",
+    (EM_PPC, C32, MSB): "powerpc-linux",
+    (EM_PPC64, C64, MSB): "powerpc64-linux",
+    (EM_PPC64, C64, LSB): "powerpc64le-linux",
+    (EM_MIPS, C32, MSB): "mips-linux",
+    (EM_MIPS, C32, LSB): "mipsel-linux",
+    (EM_MIPS, C64, MSB): "mips64-linux",
+    (EM_MIPS, C64, LSB): "mips64el-linux",
+    (EM_S390, C32, MSB): "s390-linux",
+    (EM_S390, C64, MSB): "s390x-linux",
+    (EM_LOONGARCH, C64, LSB): "loongarch64-linux",
+    (EM_SPARC, C32, MSB): "sparc-linux",
+    (EM_SPARCV9, C64, MSB): "sparc64-linux",
+    (EM_68K, C32, MSB): "m68k-linux",
+    (EM_MICROBLAZE, C32, MSB): "microblaze-linux",
+    (EM_MICROBLAZE, C32, LSB): "microblazeel-linux",
+}
+
+# Names for machines that Nix has no system for, so that a note can say what it is.
+MACHINE_NAMES: dict[int, str] = {
+    EM_SPARC32PLUS: "SPARC32+",
+    EM_ARM: "ARM",
+    EM_AARCH64: "AArch64",
+    EM_MIPS: "MIPS",
+    EM_PPC64: "PowerPC64",
+    EM_RISCV: "RISC-V",
+    EM_S390: "S/390",
+    EM_X86_64: "x86-64",
+    0x9026: "Alpha",
+    15: "PA-RISC (hppa)",
+    42: "SuperH (sh4)",
+    76: "CRIS",
+    94: "Xtensa",
+    164: "Hexagon",
+    92: "OpenRISC",
+}
+
+# uname -m -> Nix system, for finding the host's own system.
+HOST_SYSTEMS: dict[str, str] = {
+    "x86_64": "x86_64-linux",
+    "amd64": "x86_64-linux",
+    "i386": "i686-linux",
+    "i586": "i686-linux",
+    "i686": "i686-linux",
+    "aarch64": "aarch64-linux",
+    "arm64": "aarch64-linux",
+    "armv6l": "armv6l-linux",
+    "armv7l": "armv7l-linux",
+    "armv8l": "armv7l-linux",
+    "riscv64": "riscv64-linux",
+    "ppc64": "powerpc64-linux",
+    "ppc64le": "powerpc64le-linux",
+    "s390x": "s390x-linux",
+    "loongarch64": "loongarch64-linux",
+    "mips64": "mips64-linux",
+}
+
+
+@dataclass(frozen=True)
+class ElfIdentity:
+    """What an ELF magic says about the binaries it matches."""
+
+    elf_class: int
+    data: int
+    machine: int
+    mips_n32: bool = False
+
+    def describe(self) -> str:
+        bits = {C32: "32-bit", C64: "64-bit"}.get(self.elf_class, f"class {self.elf_class}")
+        order = {LSB: "little-endian", MSB: "big-endian"}.get(self.data, f"data {self.data}")
+        name = MACHINE_NAMES.get(self.machine, f"e_machine {self.machine}")
+        abi = " n32" if self.mips_n32 else ""
+        return f"{bits} {order} {name}{abi}"
+
+
+@dataclass(frozen=True)
+class NotElf:
+    """The magic is not an ELF header (a .pyc, LLVM bitcode, a Windows PE...)."""
+
+    reason: str
+
+
+def decode_magic(magic: bytes, mask: Optional[bytes], offset: int) -> Union[ElfIdentity, NotElf]:
+    """Read class, byte order and machine from an ELF magic.
+
+    The bytes are read from the magic, not through the mask: real masks (qemu's i386,
+    Rosetta's) clear bits of EI_DATA although the magic holds the right value. The
+    mask only decides whether the handler pins e_machine at all.
+    """
+    if offset != 0 or not magic.startswith(ELF_SIGNATURE):
+        return NotElf("its magic is not an ELF header")
+    if len(magic) < 20:
+        return NotElf("its ELF magic ends before e_machine, so it matches any machine")
+    if mask is not None and mask[18:20] != b"\xff\xff":
+        return NotElf("its mask ignores e_machine, so it matches several machines")
+    elf_class, data = magic[4], magic[5]
+    order = "little" if data == LSB else "big"
+    machine = int.from_bytes(magic[18:20], order)
+    return ElfIdentity(elf_class, data, machine, mips_n32=_is_mips_n32(magic, mask, machine))
+
+
+def _is_mips_n32(magic: bytes, mask: Optional[bytes], machine: int) -> bool:
+    """qemu tells o32 from n32 by the EF_MIPS_ABI2 bit of e_flags (byte 39 or 36)."""
+    if machine != EM_MIPS or magic[4] != C32 or len(magic) < 40:
+        return False
+    flags_byte = 39 if magic[5] == MSB else 36
+    pinned = mask is None or mask[flags_byte] & EF_MIPS_ABI2
+    return bool(pinned and magic[flags_byte] & EF_MIPS_ABI2)
+
+
+def nix_system(identity: ElfIdentity) -> Optional[str]:
+    """The Nix system double for these binaries, or None when Nix has none."""
+    if identity.mips_n32:
+        return None
+    return NIX_SYSTEMS.get((identity.machine, identity.elf_class, identity.data))
+
+
+def host_system(machine: str) -> str:
+    """The Nix system of a host whose `uname -m` prints `machine`."""
+    return HOST_SYSTEMS.get(machine, f"{machine}-linux")

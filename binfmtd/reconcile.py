@@ -1,0 +1,206 @@
+"""The pure middle: from what binfmt_misc holds and what nix.conf says, a plan.
+
+`plan()` is the one place that decides what Nix is told. `status` shows its result,
+`sync --check` compares it, `sync` and the daemon apply it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Optional
+
+from .binfmt import BinfmtState, Handler, MalformedEntry
+from .config import Config
+from .interpreters import Interpreter
+from .nixconf import (
+    BrokenBlock,
+    find_block,
+    parse_settings,
+    render_block,
+    settings_after_block,
+    unsafe_path_reason,
+    with_block,
+)
+from .platforms import ElfIdentity, decode_magic, nix_system
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something a user should fix, named by what it concerns."""
+
+    subject: str  # a handler's name, or the nix.conf path
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one binfmt_misc entry makes binfmtd declare, and why."""
+
+    name: str
+    handler: Optional[Handler]  # None for a malformed entry
+    platforms: tuple[str, ...] = ()
+    sandbox_paths: tuple[str, ...] = ()
+    note: Optional[str] = None  # why it declares nothing, when that is normal
+    problems: tuple[str, ...] = ()
+    interpreter: Optional[Interpreter] = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What nix.conf should hold, and whether nix-daemon must be restarted for it."""
+
+    verdicts: tuple[Verdict, ...]
+    platforms: tuple[str, ...]  # what the block should declare
+    sandbox_paths: tuple[str, ...]
+    declared_platforms: tuple[str, ...]  # what the block declares now
+    declared_sandbox_paths: tuple[str, ...]
+    text: Optional[str]  # the new file; None: leave nix.conf alone
+    restart: bool
+    problems: tuple[Problem, ...]
+    notes: tuple[str, ...] = ()
+    blocked: Optional[str] = None  # why nix.conf cannot be edited at all
+
+    @property
+    def in_sync(self) -> bool:
+        return self.text is None and self.blocked is None
+
+
+def plan(
+    binfmt: BinfmtState,
+    interpreters: Mapping[str, Interpreter],
+    conf_text: str,
+    config: Config,
+    host_system: str,
+    conf_name: str = "nix.conf",
+) -> Plan:
+    """Decide the managed block for this world; pure, so every caller agrees."""
+    verdicts = tuple(
+        judge_entry(entry, binfmt.enabled, interpreters, config, host_system)
+        for entry in binfmt.entries
+    )
+    platforms = tuple(sorted({p for v in verdicts for p in v.platforms}))
+    sandbox_paths = tuple(sorted({p for v in verdicts for p in v.sandbox_paths}))
+    problems = [Problem(v.name, text) for v in verdicts for text in v.problems]
+    notes = list(_user_platform_notes(conf_text))
+    if not binfmt.mounted:
+        problems.append(Problem("binfmt_misc", "is not mounted: nothing can be emulated; "
+                                "mount it (mount -t binfmt_misc binfmt_misc "
+                                "/proc/sys/fs/binfmt_misc) or start systemd-binfmt"))
+    blocked = None
+    try:
+        block = find_block(conf_text)
+        new_text: Optional[str] = with_block(conf_text, render_block(platforms, sandbox_paths))
+    except BrokenBlock as error:
+        blocked = f"{conf_name} {error}"
+        problems.append(Problem(conf_name, str(error)))
+        block, new_text = None, None
+    for setting in settings_after_block(conf_text) if block else ():
+        problems.append(Problem(conf_name, f"line {setting.line} sets {setting.key} after the "
+                                "binfmtd block and overrides it; sync moves the block last"))
+    if new_text == conf_text or not binfmt.mounted:
+        new_text = None
+    return Plan(
+        verdicts=verdicts,
+        platforms=platforms,
+        sandbox_paths=sandbox_paths,
+        declared_platforms=block.platforms if block else (),
+        declared_sandbox_paths=block.sandbox_paths if block else (),
+        text=new_text,
+        restart=new_text is not None,
+        problems=tuple(problems),
+        notes=tuple(notes),
+        blocked=blocked,
+    )
+
+
+def _user_platform_notes(conf_text: str) -> list[str]:
+    """Point out a user's own `extra-platforms =` line: it drops Nix's default list."""
+    try:
+        block = find_block(conf_text)
+    except BrokenBlock:
+        block = None
+    before = conf_text[:block.start] if block else conf_text
+    return [
+        f"line {s.line}: `extra-platforms = {s.value}` replaces Nix's default extra "
+        "platforms; `extra-extra-platforms` would add to them"
+        for s in parse_settings(before) if s.key == "extra-platforms"
+    ]
+
+
+def judge_entry(
+    entry: Handler | MalformedEntry,
+    binfmt_enabled: bool,
+    interpreters: Mapping[str, Interpreter],
+    config: Config,
+    host_system: str,
+) -> Verdict:
+    """What one entry contributes: platforms and sandbox paths, or why nothing."""
+    if isinstance(entry, MalformedEntry):
+        return Verdict(entry.name, None, problems=(f"malformed entry: {entry.reason}",))
+    handler = entry
+    if not handler.enabled:
+        return Verdict(handler.name, handler, note="disabled")
+    if not binfmt_enabled:
+        return Verdict(handler.name, handler, note="binfmt_misc as a whole is disabled")
+    if handler.magic is None:
+        return Verdict(handler.name, handler,
+                       note=f"matches by file extension .{handler.extension}, not by machine")
+    identity = decode_magic(handler.magic, handler.mask, handler.offset)
+    if not isinstance(identity, ElfIdentity):
+        return Verdict(handler.name, handler, note=identity.reason)
+    systems, note = _systems_for(identity, config, host_system)
+    if not systems:
+        return Verdict(handler.name, handler, note=note)
+    interpreter = interpreters.get(handler.interpreter, Interpreter(handler.interpreter, False))
+    return _with_interpreter(handler, systems, interpreter)
+
+
+def _systems_for(
+    identity: ElfIdentity, config: Config, host_system: str
+) -> tuple[tuple[str, ...], Optional[str]]:
+    system = nix_system(identity)
+    if system is None:
+        return (), f"Nix has no system for {identity.describe()} binaries"
+    if system == host_system:
+        return (), f"{system} is this host's own system"
+    if system == "i686-linux" and host_system == "x86_64-linux" and not config.declare_i686:
+        return (), "x86_64 hosts run i686-linux natively (see declare-i686)"
+    systems = [system]
+    if system == "armv7l-linux" and config.declare_armv6l:
+        systems.append("armv6l-linux")
+    wanted = tuple(s for s in systems if s not in config.ignore_platforms)
+    return wanted, None if wanted else f"{system} is in ignore-platforms"
+
+
+def _with_interpreter(
+    handler: Handler, systems: tuple[str, ...], interpreter: Interpreter
+) -> Verdict:
+    """Declare the systems only if a sandboxed build could really use the interpreter."""
+    name, opened = handler.name, "F" in handler.flags
+
+    def broken(problem: str) -> Verdict:
+        return Verdict(name, handler, problems=(problem,), interpreter=interpreter)
+
+    unsafe = unsafe_path_reason(handler.interpreter)
+    if unsafe:
+        return broken(f"interpreter path {handler.interpreter!r} {unsafe}; not declared")
+    if not interpreter.exists:
+        if opened:
+            return Verdict(name, handler, systems, interpreter=interpreter,
+                           note="interpreter is not on this file system; the kernel holds "
+                                "it open (flag F)")
+        return broken(f"interpreter {handler.interpreter} is missing and the F flag is not "
+                      "set, so the kernel cannot run it; reinstall the emulator")
+    if interpreter.error:
+        return broken(f"interpreter {handler.interpreter} {interpreter.error}; not declared")
+    own_paths = () if opened else (handler.interpreter, *interpreter.link_targets)
+    paths = (*own_paths, *interpreter.libraries)
+    for path in paths:
+        unsafe = unsafe_path_reason(path)
+        if unsafe:
+            return broken(f"sandbox path {path!r} {unsafe}; not declared")
+    return Verdict(name, handler, systems, tuple(paths), interpreter=interpreter)

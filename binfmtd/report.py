@@ -1,0 +1,155 @@
+"""How status and sync show a plan: a page for people, one JSON object for scripts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .nixdaemon import DaemonProcess
+from .reconcile import Plan, Verdict
+
+EFFECTIVE_KEYS = ("system", "extra-platforms", "sandbox-paths")
+
+
+@dataclass(frozen=True)
+class Report:
+    """A plan with what was seen around it."""
+
+    binfmt_misc: str
+    mounted: bool
+    enabled: bool
+    nix_conf: str
+    plan: Plan
+    effective: Optional[dict[str, str]]  # None: Nix not installed or not asked
+    effective_error: Optional[str]
+    daemons: tuple[DaemonProcess, ...]
+    stale_daemons: tuple[DaemonProcess, ...]
+
+    @property
+    def healthy(self) -> bool:
+        return self.plan.in_sync and not self.plan.problems and not self.stale_daemons
+
+
+def _interpreter_kind(verdict: Verdict) -> Optional[str]:
+    interpreter = verdict.interpreter
+    if interpreter is None:
+        return None
+    if not interpreter.exists:
+        return "missing"
+    if interpreter.error:
+        return "unreadable"
+    return "static" if interpreter.is_static else "dynamic"
+
+
+def to_json(report: Report, **extra: Any) -> dict[str, Any]:
+    """The object the command-line contract promises, plus details."""
+    plan = report.plan
+    return {
+        "platforms": list(plan.declared_platforms),
+        "sandbox_paths": list(plan.declared_sandbox_paths),
+        "wanted_platforms": list(plan.platforms),
+        "wanted_sandbox_paths": list(plan.sandbox_paths),
+        "handlers": [_handler_json(v) for v in plan.verdicts],
+        "binfmt_misc": {"path": report.binfmt_misc, "mounted": report.mounted,
+                        "enabled": report.enabled},
+        "nix_conf": report.nix_conf,
+        "in_sync": plan.in_sync,
+        "problems": [str(p) for p in plan.problems],
+        "notes": list(plan.notes),
+        "effective": report.effective,
+        "nix_daemon": {"pids": [d.pid for d in report.daemons],
+                       "restart_needed": bool(report.stale_daemons)},
+        **extra,
+    }
+
+
+def _handler_json(verdict: Verdict) -> dict[str, Any]:
+    handler = verdict.handler
+    return {
+        "name": verdict.name,
+        "platform": verdict.platforms[0] if verdict.platforms else None,
+        "platforms": list(verdict.platforms),
+        "interpreter": handler.interpreter if handler else None,
+        "flags": handler.flags_text if handler else None,
+        "enabled": handler.enabled if handler else None,
+        "interpreter_kind": _interpreter_kind(verdict),
+        "sandbox_paths": list(verdict.sandbox_paths),
+        "note": verdict.note,
+        "problems": list(verdict.problems),
+    }
+
+
+def to_text(report: Report) -> str:
+    """The status page: every handler, what nix.conf says, what Nix and its daemon see."""
+    plan = report.plan
+    state = "not mounted" if not report.mounted else (
+        "enabled" if report.enabled else "disabled")
+    lines = [f"binfmt_misc  {report.binfmt_misc} ({state}, {len(plan.verdicts)} handlers)"]
+    width = max([len(v.name) for v in plan.verdicts] + [8])
+    for verdict in plan.verdicts:
+        lines.extend(_handler_lines(verdict, width))
+    lines.append(f"nix.conf     {report.nix_conf}")
+    lines.append(f"  declares   {_words(plan.declared_platforms)}")
+    if plan.platforms != plan.declared_platforms:
+        lines.append(f"  should     {_words(plan.platforms)}")
+    lines.append(f"  sandbox    {_words(plan.declared_sandbox_paths)}")
+    if plan.sandbox_paths != plan.declared_sandbox_paths:
+        lines.append(f"  should     {_words(plan.sandbox_paths)}")
+    lines.extend(_effective_lines(report))
+    lines.extend(_daemon_lines(report))
+    lines.extend(f"note: {note}" for note in plan.notes)
+    lines.extend(f"problem: {problem}" for problem in plan.problems)
+    lines.append(_verdict_line(report))
+    return "\n".join(lines)
+
+
+def _handler_lines(verdict: Verdict, width: int) -> list[str]:
+    handler = verdict.handler
+    if handler is None:
+        return [f"  {verdict.name:<{width}}  -"] + [f"      ! {p}" for p in verdict.problems]
+    systems = " ".join(verdict.platforms) or "-"
+    kind = _interpreter_kind(verdict) or ""
+    enabled = "" if handler.enabled else " (disabled)"
+    lines = [f"  {verdict.name:<{width}}  {systems:<26} {handler.flags_text or '-':<4} "
+             f"{kind:<8} {handler.interpreter}{enabled}"]
+    if verdict.note:
+        lines.append(f"      {verdict.note}")
+    lines.extend(f"      ! {p}" for p in verdict.problems)
+    return lines
+
+
+def _effective_lines(report: Report) -> list[str]:
+    if report.effective_error:
+        return [f"  Nix says   {report.effective_error}"]
+    if report.effective is None:
+        return ["  Nix says   (Nix is not installed: nothing to ask)"]
+    return [f"  Nix: {key} = {report.effective.get(key, '')}" for key in EFFECTIVE_KEYS]
+
+
+def _daemon_lines(report: Report) -> list[str]:
+    if not report.daemons:
+        return ["nix-daemon   not running (a socket-activated daemon starts with the new file)"]
+    stale = {d.pid for d in report.stale_daemons}
+    return [
+        f"nix-daemon   pid {d.pid}: " + (
+            "started BEFORE the last change to nix.conf: restart needed" if d.pid in stale
+            else "started after the last change to nix.conf")
+        for d in report.daemons
+    ]
+
+
+def _verdict_line(report: Report) -> str:
+    plan = report.plan
+    if plan.blocked:
+        return "cannot edit nix.conf: see the problem above"
+    if not plan.in_sync:
+        return "OUT OF SYNC: run `binfmtd sync`"
+    if report.stale_daemons:
+        return "in sync, but nix-daemon has not read it yet: restart nix-daemon"
+    if plan.problems:
+        return "in sync, with problems (see above)"
+    return "in sync"
+
+
+def _words(values: tuple[str, ...]) -> str:
+    return " ".join(values) if values else "(nothing)"
