@@ -78,7 +78,7 @@ def parse_entry(name: str, text: str) -> Entry:
     interpreter = _value(lines[1], "interpreter ")
     flags = _value(lines[2], "flags: ")
     if interpreter is None or flags is None:
-        return MalformedEntry(name, "lacks its interpreter or flags line where the kernel puts them")
+        return MalformedEntry(name, "lacks the interpreter or flags line the kernel prints")
     if not set(flags) <= KNOWN_FLAGS:
         return MalformedEntry(name, f"has unknown flags {flags!r}")
     enabled, flag_set = lines[0] == "enabled", frozenset(flags)

@@ -83,8 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def cmd_status(args: argparse.Namespace, host: Host, config: Config) -> int:
-    from .status import gather_report
     from .report import to_json, to_text
+    from .status import gather_report
 
     world = read_world(host, config)
     report = gather_report(world, plan_for(world, config, host), host)
@@ -93,7 +93,7 @@ def cmd_status(args: argparse.Namespace, host: Host, config: Config) -> int:
 
 
 def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
-    from .report import to_json, to_text
+    from .report import to_json
     from .status import gather_report
 
     world = read_world(host, config)

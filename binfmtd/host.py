@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 from .binfmt import BinfmtState, Handler, read_binfmt_state
-from .config import Config
 from .conffile import managed_file, read_conf_text, write_conf_text
+from .config import Config
 from .errors import BinfmtdError
 from .interpreters import Interpreter, read_interpreter
 from .nixdaemon import restart_nix_daemon

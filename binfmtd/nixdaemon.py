@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .config import RestartPolicy
-from .errors import BinfmtdError
 from .proc import run_program
 
 # psutil derives start times from the boot time, which /proc/stat gives in whole seconds.

@@ -140,8 +140,7 @@ def decode_magic(magic: bytes, mask: Optional[bytes], offset: int) -> Union[ElfI
     if mask is not None and mask[18:20] != b"\xff\xff":
         return NotElf("its mask ignores e_machine, so it matches several machines")
     elf_class, data = magic[4], magic[5]
-    order = "little" if data == LSB else "big"
-    machine = int.from_bytes(magic[18:20], order)
+    machine = int.from_bytes(magic[18:20], "little" if data == LSB else "big")
     return ElfIdentity(elf_class, data, machine, mips_n32=_is_mips_n32(magic, mask, machine))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -42,8 +43,6 @@ def gather_report(world: World, planned: Plan, host: Host, *, ask_nix: bool = Tr
 def _last_change(world: World) -> Optional[float]:
     times = []
     for path in {world.managed, world.managed.parent / "nix.conf"}:
-        try:
+        with contextlib.suppress(OSError):
             times.append(os.stat(path).st_mtime)
-        except OSError:
-            pass
     return max(times, default=None)

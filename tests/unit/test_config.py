@@ -1,0 +1,77 @@
+"""config.toml: optional, defaults that need no file, one clear line for any mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from binfmtd.config import Config, read_config
+from binfmtd.errors import BinfmtdError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_no_file_means_defaults() -> None:
+    config = read_config(Path("/nonexistent/config.toml"), required=False)
+    assert config == Config()
+    assert config.restart == "nix-daemon.service"
+    assert config.declare_armv6l and not config.declare_i686
+
+
+def test_a_named_file_that_is_missing_is_an_error() -> None:
+    with pytest.raises(BinfmtdError, match="no such file"):
+        read_config(Path("/nonexistent/config.toml"), required=True)
+
+
+def test_every_key_is_read(tmp_path: Path) -> None:
+    config = read_config(write(tmp_path, """
+nix-conf-target = "/etc/nix/nix.custom.conf"
+ignore-platforms = ["mips-linux"]
+declare-armv6l = false
+declare-i686 = true
+restart = ["/usr/local/sbin/restart-nix", "--now"]
+debounce-seconds = 0.5
+resync-seconds = 60
+restart-interval-seconds = 30
+"""), required=True)
+    assert config == Config(
+        nix_conf_target="/etc/nix/nix.custom.conf",
+        ignore_platforms=frozenset({"mips-linux"}),
+        declare_armv6l=False,
+        declare_i686=True,
+        restart=("/usr/local/sbin/restart-nix", "--now"),
+        debounce_seconds=0.5,
+        resync_seconds=60.0,
+        restart_interval_seconds=30.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("declare-armv7 = true", "unknown key 'declare-armv7'"),
+        ("declare-i686 = 'yes'", "declare-i686 must be true or false"),
+        ("ignore-platforms = 'mips-linux'", "ignore-platforms must be a list of strings"),
+        ("restart = 3", "restart must be a unit name"),
+        ("restart = true", "restart must be a unit name"),
+        ("restart = []", "restart must be a unit name"),
+        ("debounce-seconds = -1", "debounce-seconds must be a positive number"),
+        ("debounce-seconds = true", "debounce-seconds must be a positive number"),
+        ("nix-conf-target = ''", "nix-conf-target must be a non-empty string"),
+        ("declare-i686 = ", "not valid TOML"),
+    ],
+)
+def test_mistakes_are_one_line_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(BinfmtdError, match=message) as caught:
+        read_config(write(tmp_path, text), required=True)
+    assert "\n" not in str(caught.value)
+    assert str(tmp_path / "config.toml") in str(caught.value)
+
+
+def test_restart_false_means_never(tmp_path: Path) -> None:
+    assert read_config(write(tmp_path, "restart = false"), required=True).restart is None
