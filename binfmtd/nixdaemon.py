@@ -17,16 +17,20 @@ from .proc import run_program
 START_TIME_SLACK_SECONDS = 1.0
 
 
+DEFAULT_CONF_DIR = "/etc/nix"
+
+
 @dataclass(frozen=True)
 class DaemonProcess:
     """The listening nix-daemon (not the per-connection workers it forks)."""
 
     pid: int
     started: float  # seconds since the epoch
+    conf_dir: str  # where it read nix.conf: NIX_CONF_DIR, else /etc/nix
 
 
-def find_nix_daemons() -> list[DaemonProcess]:
-    """Every nix-daemon whose parent is not itself a nix-daemon."""
+def find_nix_daemons(conf_dir: str) -> list[DaemonProcess]:
+    """Every listening nix-daemon that reads its nix.conf from `conf_dir`."""
     import psutil  # imported here: only status and restarts need it
 
     found = []
@@ -36,11 +40,17 @@ def find_nix_daemons() -> list[DaemonProcess]:
             continue
         try:
             parent_name = psutil.Process(info["ppid"]).name() if info["ppid"] else ""
+            environ = process.environ()
         except psutil.Error:
-            parent_name = ""
-        if parent_name != "nix-daemon":
-            found.append(DaemonProcess(process.pid, info["create_time"]))
+            continue
+        daemon_dir = environ.get("NIX_CONF_DIR", DEFAULT_CONF_DIR)
+        if parent_name != "nix-daemon" and _same_folder(daemon_dir, conf_dir):
+            found.append(DaemonProcess(process.pid, info["create_time"], daemon_dir))
     return found
+
+
+def _same_folder(one: str, other: str) -> bool:
+    return os.path.realpath(one) == os.path.realpath(other)
 
 
 def started_before(daemon: DaemonProcess, mtime: float) -> bool:

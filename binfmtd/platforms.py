@@ -30,6 +30,8 @@ EM_SPARCV9 = 43
 EM_X86_64 = 62
 EM_AARCH64 = 183
 EM_MICROBLAZE = 189
+# The number MicroBlaze used before it had an official one; qemu still registers it.
+EM_MICROBLAZE_OLD = 0xBAAB
 EM_RISCV = 243
 EM_LOONGARCH = 258
 
@@ -60,6 +62,8 @@ NIX_SYSTEMS: dict[tuple[int, int, int], str] = {
     (EM_68K, C32, MSB): "m68k-linux",
     (EM_MICROBLAZE, C32, MSB): "microblaze-linux",
     (EM_MICROBLAZE, C32, LSB): "microblazeel-linux",
+    (EM_MICROBLAZE_OLD, C32, MSB): "microblaze-linux",
+    (EM_MICROBLAZE_OLD, C32, LSB): "microblazeel-linux",
 }
 
 # Names for machines that Nix has no system for, so that a note can say what it is.
@@ -129,16 +133,17 @@ class NotElf:
 def decode_magic(magic: bytes, mask: Optional[bytes], offset: int) -> Union[ElfIdentity, NotElf]:
     """Read class, byte order and machine from an ELF magic.
 
-    The bytes are read from the magic, not through the mask: real masks (qemu's i386,
-    Rosetta's) clear bits of EI_DATA although the magic holds the right value. The
-    mask only decides whether the handler pins e_machine at all.
+    The bytes are read from the magic, not through the mask: real masks clear bits
+    the magic holds (qemu's i386 and Rosetta's put fe over EI_DATA, qemu's ppc64le
+    leaves e_machine's high byte unmatched). A mask that clears e_machine entirely
+    matches every machine, so it names none.
     """
     if offset != 0 or not magic.startswith(ELF_SIGNATURE):
         return NotElf("its magic is not an ELF header")
     if len(magic) < 20:
         return NotElf("its ELF magic ends before e_machine, so it matches any machine")
-    if mask is not None and mask[18:20] != b"\xff\xff":
-        return NotElf("its mask ignores e_machine, so it matches several machines")
+    if mask is not None and not any(mask[18:20]):
+        return NotElf("its mask ignores e_machine, so it matches any machine")
     elf_class, data = magic[4], magic[5]
     machine = int.from_bytes(magic[18:20], "little" if data == LSB else "big")
     return ElfIdentity(elf_class, data, machine, mips_n32=_is_mips_n32(magic, mask, machine))
@@ -146,9 +151,9 @@ def decode_magic(magic: bytes, mask: Optional[bytes], offset: int) -> Union[ElfI
 
 def _is_mips_n32(magic: bytes, mask: Optional[bytes], machine: int) -> bool:
     """qemu tells o32 from n32 by the EF_MIPS_ABI2 bit of e_flags (byte 39 or 36)."""
-    if machine != EM_MIPS or magic[4] != C32 or len(magic) < 40:
-        return False
     flags_byte = 39 if magic[5] == MSB else 36
+    if machine != EM_MIPS or magic[4] != C32 or len(magic) <= flags_byte:
+        return False
     pinned = mask is None or mask[flags_byte] & EF_MIPS_ABI2
     return bool(pinned and magic[flags_byte] & EF_MIPS_ABI2)
 

@@ -24,7 +24,7 @@ def gather_report(world: World, planned: Plan, host: Host, *, ask_nix: bool = Tr
                                            world.managed_text or "", world.main_text or "")
         except BinfmtdError as error:
             effective_error = str(error)
-    daemons = tuple(find_nix_daemons())
+    daemons = tuple(find_nix_daemons(str(host.nix_conf.parent)))
     changed = _last_change(world)
     stale = tuple(d for d in daemons if changed is not None and started_before(d, changed))
     return Report(

@@ -1,0 +1,72 @@
+"""Run the real `binfmtd` program against copies of real binfmt_misc trees in tmp."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA, require
+
+QEMU_STATIC_DIR = Path("/usr/libexec/qemu-binfmt")
+
+
+@dataclass
+class Sandbox:
+    """A binfmt_misc copy, an /etc/nix copy, a config, and a restart command that records."""
+
+    root: Path
+
+    @property
+    def binfmt_misc(self) -> Path:
+        return self.root / "binfmt_misc"
+
+    @property
+    def nix_conf(self) -> Path:
+        return self.root / "etc-nix" / "nix.conf"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def restarts(self) -> list[str]:
+        log = self.root / "restarts.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    def use_registrar(self, name: str) -> None:
+        if self.binfmt_misc.exists():
+            shutil.rmtree(self.binfmt_misc)
+        shutil.copytree(DATA / "binfmt_misc" / name, self.binfmt_misc)
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        environment = {
+            **os.environ,
+            "BINFMTD_BINFMT_MISC": str(self.binfmt_misc),
+            "BINFMTD_NIX_CONF": str(self.nix_conf),
+            "BINFMTD_CONFIG": str(self.config),
+            **(env or {}),
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "binfmtd", *args],
+            capture_output=True, text=True, env=environment, timeout=60, check=False,
+        )
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    require(QEMU_STATIC_DIR.is_dir(), "qemu-user-static is not installed")
+    box = Sandbox(tmp_path)
+    box.use_registrar("debian")
+    box.nix_conf.parent.mkdir()
+    box.nix_conf.write_text("# the user's own file\nsandbox = true\ntrusted-users = root\n")
+    recorder = tmp_path / "restart-nix-daemon"
+    recorder.write_text(f'#!/bin/sh\necho "restart $*" >> {tmp_path}/restarts.log\n')
+    recorder.chmod(0o755)
+    box.config.write_text(f'restart = ["{recorder}", "--now"]\n')
+    return box
