@@ -44,7 +44,8 @@ class Sandbox:
             shutil.rmtree(self.binfmt_misc)
         shutil.copytree(DATA / "binfmt_misc" / name, self.binfmt_misc)
 
-    def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
         environment = {
             **os.environ,
             "BINFMTD_BINFMT_MISC": str(self.binfmt_misc),

@@ -1,0 +1,137 @@
+"""Foreign static builders for end-to-end builds: Debian's busybox-static.
+
+A static busybox is the smallest real foreign program Nix can use as a builder with no
+network at build time and no nixpkgs. It is fetched with apt-get from the same Debian
+mirror the host already uses, through a private apt state folder, so the host's apt
+configuration, lists and dpkg status are never touched. The result is cached so that later
+runs are offline.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+CACHE_DIR = Path(os.environ.get("BINFMTD_TEST_CACHE", "/var/cache/binfmtd-tests"))
+
+# Debian architecture -> (suite, ELF e_machine). riscv64 is not a bookworm release
+# architecture; it is one from trixie on.
+ARCHES: dict[str, tuple[str, int]] = {
+    "arm64": ("bookworm", 183),  # EM_AARCH64
+    "riscv64": ("trixie", 243),  # EM_RISCV
+}
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+PT_INTERP = 3
+
+
+class FetchError(RuntimeError):
+    """busybox could not be fetched or is not what it should be."""
+
+
+def host_debian_mirror() -> str:
+    """The URI of the host's own Debian release entry, as apt itself parses it.
+
+    Asking apt (rather than parsing sources.list and deb822 files by hand) covers both
+    formats, disabled entries and every option apt knows.
+    """
+    codename = _os_release().get("VERSION_CODENAME", "")
+    out = _run(["apt-get", "indextargets", "--no-release-info",
+                "--format", "$(REPO_URI) $(RELEASE) $(TARGET_OF)", "Identifier: Packages"])
+    for line in out.splitlines():
+        uri, _, rest = line.partition(" ")
+        if rest == f"{codename} deb":
+            return uri
+    raise FetchError(f"no 'deb' entry for suite {codename!r} in the host's apt sources")
+
+
+def static_busybox(arch: str, cache_dir: Path = CACHE_DIR) -> Path:
+    """Path of a static busybox for the Debian architecture `arch`, fetched once."""
+    suite, machine = ARCHES[arch]
+    target = cache_dir / "busybox" / arch / "busybox"
+    if target.is_file():
+        check_elf(target, machine)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="busybox-", dir=target.parent) as tmp:
+        deb = _apt_download(Path(tmp), arch, suite, "busybox-static")
+        root = Path(tmp) / "root"
+        _run(["dpkg-deb", "-x", str(deb), str(root)])
+        # bookworm ships /bin/busybox, trixie (merged /usr) /usr/bin/busybox.
+        found = next((p for p in (root / "bin/busybox", root / "usr/bin/busybox")
+                      if p.is_file() and not p.is_symlink()), None)
+        if found is None:
+            raise FetchError(f"{deb.name} has no busybox in /bin or /usr/bin")
+        check_elf(found, machine)
+        found.chmod(0o755)
+        os.replace(found, target)  # atomic: a cached file is always a whole one
+    return target
+
+
+def check_elf(path: Path, machine: int) -> None:
+    """Refuse anything but a 64-bit little-endian static ELF executable for `machine`.
+
+    A dynamically linked busybox would fail inside the Nix sandbox for a reason that
+    has nothing to do with binfmtd, so it is caught here.
+    """
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise FetchError(f"{path} is not a 64-bit little-endian ELF file")
+    (e_machine,) = struct.unpack_from("<H", data, 18)
+    if e_machine != machine:
+        raise FetchError(f"{path} has ELF machine {e_machine}, expected {machine}")
+    phoff, = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    for i in range(phnum):
+        (p_type,) = struct.unpack_from("<I", data, phoff + i * phentsize)
+        if p_type == PT_INTERP:
+            raise FetchError(f"{path} is dynamically linked")
+
+
+def _apt_download(work: Path, arch: str, suite: str, package: str) -> Path:
+    """apt-get update + download with every piece of apt state kept inside `work`."""
+    for sub in ("lists/partial", "cache/archives/partial", "etc/sources.list.d", "dl"):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    (work / "status").touch()
+    (work / "etc/sources.list").write_text(
+        f"deb [arch={arch} signed-by={KEYRING}] {host_debian_mirror()} {suite} main\n")
+    # apt drops to the _apt user for downloads; let it write here (else it warns).
+    subprocess.run(["chown", "-R", "_apt:root", str(work)], capture_output=True)
+    apt = ["apt-get", "-q",
+           "-o", f"Dir::State={work}", "-o", f"Dir::State::Lists={work}/lists",
+           "-o", f"Dir::State::status={work}/status", "-o", f"Dir::Cache={work}/cache",
+           "-o", f"Dir::Etc::SourceList={work}/etc/sources.list",
+           "-o", f"Dir::Etc::SourceParts={work}/etc/sources.list.d",
+           "-o", f"APT::Architecture={arch}", "-o", f"APT::Architectures::={arch}",
+           "-o", "Acquire::Languages=none"]
+    _run([*apt, "update"])
+    _run([*apt, "download", f"{package}:{arch}"], cwd=work / "dl")
+    debs = list((work / "dl").glob(f"{package}_*_{arch}.deb"))
+    if len(debs) != 1:
+        raise FetchError(f"apt-get download left {debs} in {work / 'dl'}")
+    return debs[0]
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> str:
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise FetchError(f"{cmd[0]}: {e}") from e
+    if proc.returncode != 0:
+        raise FetchError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc.stdout
+
+
+def _os_release() -> dict[str, str]:
+    values = {}
+    for line in Path("/etc/os-release").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key] = value.strip().strip('"')
+    return values
+
+
+if __name__ == "__main__":
+    for a in ARCHES:
+        print(static_busybox(a))
