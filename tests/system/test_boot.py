@@ -1,0 +1,168 @@
+"""Prove the system-test infrastructure itself before binfmtd's tests rely on it.
+
+Each test checks one thing later tests take for granted: the container boots, Nix's units
+work under its systemd, and an emulator registered on the HOST runs foreign binaries
+INSIDE the container (which is how binfmtd will meet emulators in the real world).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from machine import Machine, install_binfmtd
+
+REPO = Path(__file__).resolve().parents[2]
+BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
+TEST_ENTRY = "binfmtd-test-aarch64"
+AARCH64_LINE = (
+    r":binfmtd-test-aarch64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00"
+    r"\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff"
+    r"\xfe\xff\xff\xff:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:OPF"
+)
+HELLO = b"hello from aarch64\n"
+
+
+def test_boots_to_running_or_degraded(machine: Machine) -> None:
+    state = machine.run(["systemctl", "is-system-running"], check=False).stdout.strip()
+    failed = machine.run(["systemctl", "--failed", "--no-legend"], check=False).stdout
+    assert state in ("running", "degraded"), f"state {state!r}, failed units:\n{failed}"
+
+
+def test_nix_daemon_socket_is_active(machine: Machine) -> None:
+    assert machine.run(["systemctl", "is-active", "nix-daemon.socket"]).stdout.strip() == "active"
+
+
+def main_pid(machine: Machine, unit: str) -> int:
+    return int(machine.run(["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout)
+
+
+def test_restart_nix_daemon_changes_main_pid(machine: Machine) -> None:
+    machine.run(["systemctl", "start", "nix-daemon.service"])
+    before = main_pid(machine, "nix-daemon.service")
+    machine.run(["systemctl", "restart", "nix-daemon.service"])
+    after = main_pid(machine, "nix-daemon.service")
+    assert before != 0 and after != 0 and after != before, (before, after)
+
+
+def test_install_binfmtd_places_files_as_debian_would(machine: Machine) -> None:
+    install_binfmtd(machine, REPO)
+    wrapper = machine.run(["cat", "/usr/bin/binfmtd"]).stdout
+    assert wrapper.startswith("#!/usr/bin/python3\nfrom binfmtd.cli import main\n")
+    machine.run(["test", "-x", "/usr/bin/binfmtd"])
+    if (REPO / "binfmtd" / "__init__.py").is_file():
+        found = machine.run(["python3", "-c", "import binfmtd; print(binfmtd.__file__)"])
+        assert found.stdout.startswith("/usr/lib/python3/dist-packages/binfmtd/")
+    if (REPO / "systemd" / "binfmtd.service").is_file():
+        machine.run(["systemctl", "cat", "binfmtd.service"])
+
+
+def aarch64_hello_elf() -> bytes:
+    """A 171-byte static aarch64 ELF that writes HELLO and exits 0 (no download needed).
+
+    Hand-assembled: write(1, msg, len) via svc #0 with x8=64, then exit(0) with x8=93.
+    """
+    base, code_offset = 0x400000, 64 + 56  # ELF header + one program header
+    code = [
+        0xD2800020,  # mov x0, #1
+        0x100000E1,  # adr x1, msg (28 bytes ahead of this instruction)
+        0xD2800002 | (len(HELLO) << 5),  # mov x2, #len
+        0xD2800808,  # mov x8, #64 (write)
+        0xD4000001,  # svc #0
+        0xD2800000,  # mov x0, #0
+        0xD2800BA8,  # mov x8, #93 (exit)
+        0xD4000001,  # svc #0
+    ]
+    body = struct.pack(f"<{len(code)}I", *code) + HELLO
+    size = code_offset + len(body)
+    ident = b"\x7fELF\x02\x01\x01" + bytes(9)  # 64-bit, little endian, System V
+    header = ident + struct.pack(
+        "<HHIQQQIHHHHHH", 2, 0xB7, 1, base + code_offset, 64, 0, 0, 64, 56, 1, 0, 0, 0
+    )
+    program = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x10000)  # LOAD R+X
+    return header + program + body
+
+
+def other_aarch64_handlers() -> list[str]:
+    """Enabled host entries besides ours that would also run aarch64 ELF files."""
+    names = []
+    for entry in BINFMT_MISC.iterdir():
+        if entry.name in ("register", "status", TEST_ENTRY):
+            continue
+        lines = entry.read_text().splitlines()
+        magic = next((line.split()[1] for line in lines if line.startswith("magic ")), "")
+        # ELF, 64-bit, little endian (bytes 4-5), e_machine EM_AARCH64 (bytes 18-19)
+        if lines[:1] == ["enabled"] and magic[:12] == "7f454c460201" and magic[36:40] == "b700":
+            names.append(entry.name)
+    return names
+
+
+def unregister_test_entry() -> None:
+    entry = BINFMT_MISC / TEST_ENTRY
+    if entry.exists():
+        entry.write_text("-1")
+
+
+@pytest.fixture
+def host_aarch64_registration(rootfs: Path) -> Iterator[None]:
+    """Register AARCH64_LINE in the host's binfmt_misc; always unregister afterwards.
+
+    With the F flag the kernel opens the interpreter when the line is written, resolving
+    the path from the writer's root. The writer runs chrooted into the cached tree, which
+    has qemu-user-static, so the host needs no emulator package of its own. The register
+    file is opened on the host first and handed over as stdout; python3 writes the line
+    in one write(2), as binfmt_misc requires.
+    """
+    if not (BINFMT_MISC / "register").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_MISC)], check=True)
+    unregister_test_entry()  # a leftover of an interrupted run would make register fail
+    try:
+        fd = os.open(BINFMT_MISC / "register", os.O_WRONLY)
+        try:
+            subprocess.run(
+                [
+                    "chroot",
+                    str(rootfs),
+                    "/usr/bin/python3",
+                    "-c",
+                    "import os, sys; os.write(1, sys.argv[1].encode())",
+                    AARCH64_LINE,
+                ],
+                stdout=fd,
+                check=True,
+            )
+        finally:
+            os.close(fd)
+        assert (BINFMT_MISC / TEST_ENTRY).read_text().startswith("enabled\n")
+        yield
+    finally:
+        unregister_test_entry()
+    assert not (BINFMT_MISC / TEST_ENTRY).exists()
+
+
+def test_host_binfmt_registration_takes_effect_inside(
+    machine: Machine, host_aarch64_registration: None, tmp_path: Path
+) -> None:
+    machine.run(["/usr/bin/qemu-aarch64-static", "--version"])
+    hello = tmp_path / "hello-aarch64"
+    hello.write_bytes(aarch64_hello_elf())
+    hello.chmod(0o755)
+    machine.copy_in(hello, "/usr/local/bin/hello-aarch64")
+    assert machine.run(["/usr/local/bin/hello-aarch64"]).stdout == HELLO.decode()
+
+    # And it is the host's entry that does it: without the entry the kernel refuses.
+    unregister_test_entry()
+    others = other_aarch64_handlers()
+    if others:
+        print(f"host has other aarch64 handlers {others}: not checking the refusal")
+        return
+    # execv directly: env and shells fall back to running the file as a shell script.
+    exec_directly = "import os, sys; os.execv(sys.argv[1], sys.argv[1:])"
+    refused = machine.run(
+        ["python3", "-c", exec_directly, "/usr/local/bin/hello-aarch64"], check=False
+    )
+    assert refused.returncode != 0 and "Exec format error" in refused.stderr, refused
