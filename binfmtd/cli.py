@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--json", action="store_true", help="print one JSON object")
     sync.add_argument("--no-restart", action="store_true", help="do not restart nix-daemon")
 
+    run = commands.add_parser("run", help="the daemon, in the foreground (for systemd)")
+    run.add_argument("--no-restart", action="store_true", help="never restart nix-daemon")
+    run.add_argument("--log-format", choices=("auto", "console", "json", "journal"),
+                     default="auto", help="auto: the journal under systemd, else console")
+
     remove = commands.add_parser("remove", help="take binfmtd's block out of nix.conf")
     remove.add_argument("--no-restart", action="store_true", help="do not restart nix-daemon")
     return parser
@@ -129,6 +134,14 @@ def _sync_summary(world: World, platforms: Sequence[str], written: bool,
     return f"{world.managed} updated: declares {declared}{said}"
 
 
+def cmd_run(args: argparse.Namespace, host: Host, config: Config) -> int:
+    from .daemon import run_daemon
+    from .log import configure_logging
+
+    configure_logging(args.log_format)
+    return run_daemon(host, config, restart=not args.no_restart)
+
+
 def cmd_remove(args: argparse.Namespace, host: Host, config: Config) -> int:
     from .conffile import write_conf_text
     from .nixconf import BrokenBlock, without_block
@@ -168,4 +181,4 @@ def _warn_problems(problems: Sequence[object]) -> None:
         print(f"binfmtd: warning: {problem}", file=sys.stderr)
 
 
-COMMANDS = {"status": cmd_status, "sync": cmd_sync, "remove": cmd_remove}
+COMMANDS = {"status": cmd_status, "sync": cmd_sync, "run": cmd_run, "remove": cmd_remove}

@@ -24,8 +24,8 @@ def run_program(
         )
     except FileNotFoundError as error:
         raise BinfmtdError(f"cannot run {argv[0]}: not installed") from error
-    except PermissionError as error:
-        raise BinfmtdError(f"cannot run {argv[0]}: permission denied") from error
+    except OSError as error:  # EACCES, ENOEXEC, ETXTBSY...
+        raise BinfmtdError(f"cannot run {argv[0]}: {error.strerror}") from error
     except subprocess.TimeoutExpired as error:
         raise BinfmtdError(f"{' '.join(argv)} did not finish within {timeout:g} s") from error
     if check and result.returncode != 0:

@@ -1,0 +1,225 @@
+"""`binfmtd run` against the real binfmt_misc: events in, nix.conf and restarts out."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import PROC_BINFMT, binfmt_line, require, unregister
+from tests.daemon.conftest import RunningDaemon
+
+RISCV64_MAGIC = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00"
+S390X_MAGIC = r"\x7f\x45\x4c\x46\x02\x02\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x16"
+S390X_MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff"
+RISCV64 = binfmt_line("binfmtd-test-riscv64", "/usr/libexec/qemu-binfmt/riscv64-binfmt-P",
+                      magic=RISCV64_MAGIC)
+S390X = binfmt_line("binfmtd-test-s390x", "/usr/libexec/qemu-binfmt/s390x-binfmt-P",
+                    magic=S390X_MAGIC, mask=S390X_MASK)
+
+
+def declares(daemon: RunningDaemon, system: str) -> Callable[[], bool]:
+    return lambda: system in daemon.nix_conf.read_text()
+
+
+def lacks(daemon: RunningDaemon, system: str) -> Callable[[], bool]:
+    return lambda: system not in daemon.nix_conf.read_text()
+
+
+def test_ready_after_the_first_reconcile_and_status_names_the_platforms(
+    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+) -> None:
+    real_binfmt(RISCV64)
+    daemon.start()
+    ready = daemon.wait_for_message("READY=1")
+    assert "riscv64-linux" in daemon.nix_conf.read_text()  # written before READY
+    assert "emulated:" in ready and "riscv64-linux" in ready
+    daemon.wait_until(lambda: daemon.restarts == 1)
+
+
+def test_registering_and_removing_a_handler_updates_nix_conf_within_a_second(
+    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+) -> None:
+    daemon.start()
+    daemon.wait_for_message("READY=1")
+    name = real_binfmt(RISCV64)
+    added = daemon.wait_until(declares(daemon, "riscv64-linux"), timeout=1)
+    daemon.wait_until(lambda: daemon.restarts == 1)
+    unregister(name)
+    removed = daemon.wait_until(lacks(daemon, "riscv64-linux"), timeout=1)
+    daemon.wait_until(lambda: daemon.restarts == 2)
+    print(f"register -> nix.conf: {added * 1000:.0f} ms; unregister -> nix.conf: "
+          f"{removed * 1000:.0f} ms")
+    assert daemon.nix_conf.read_text() == "sandbox = true\n"
+
+
+def test_flush_and_reregister_like_systemd_binfmt_writes_and_restarts_nothing(
+    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+) -> None:
+    real_binfmt(RISCV64)
+    real_binfmt(S390X)
+    daemon.start()
+    daemon.wait_for_message("READY=1")
+    daemon.wait_until(lambda: daemon.restarts == 1)
+    before = daemon.nix_conf.stat().st_mtime_ns
+    for _ in range(3):  # systemd-binfmt: -1 everything, then register every line again
+        unregister("binfmtd-test-riscv64")
+        unregister("binfmtd-test-s390x")
+        real_binfmt(RISCV64)
+        real_binfmt(S390X)
+    time.sleep(1.0)
+    assert daemon.nix_conf.stat().st_mtime_ns == before
+    assert daemon.restarts == 1
+    assert daemon.log.count("nixconf.written") == 1  # the first sync only
+
+
+def test_a_hand_edit_that_drops_the_block_is_repaired(
+    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+) -> None:
+    real_binfmt(RISCV64)
+    daemon.start()
+    daemon.wait_for_message("READY=1")
+    daemon.nix_conf.write_text("sandbox = true\nmax-jobs = 4\n")  # a template run, say
+    daemon.wait_until(declares(daemon, "riscv64-linux"), timeout=1)
+    assert daemon.nix_conf.read_text().startswith("sandbox = true\nmax-jobs = 4\n")
+
+
+def test_sighup_reloads_the_config_and_resyncs(
+    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+) -> None:
+    real_binfmt(RISCV64)
+    real_binfmt(S390X)
+    daemon.start()
+    daemon.wait_for_message("READY=1")
+    daemon.write_config('ignore-platforms = ["s390x-linux"]\n')
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_message("RELOADING=1")
+    daemon.wait_for_message("READY=1")
+    daemon.wait_until(lacks(daemon, "s390x-linux"), timeout=1)
+    assert "riscv64-linux" in daemon.nix_conf.read_text()
+
+
+def test_a_bad_config_on_reload_keeps_the_old_one_running(
+    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+) -> None:
+    real_binfmt(RISCV64)
+    daemon.start()
+    daemon.wait_for_message("READY=1")
+    daemon.config.write_text("restrat = false\n")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_message("READY=1")
+    assert daemon.process is not None and daemon.process.poll() is None
+    assert "unknown key 'restrat'" in daemon.log
+
+
+def test_sigterm_exits_0_and_says_stopping(daemon: RunningDaemon) -> None:
+    daemon.start()
+    daemon.wait_for_message("READY=1")
+    daemon.signal(signal.SIGTERM)
+    daemon.wait_for_message("STOPPING=1")
+    assert daemon.process is not None and daemon.process.wait(timeout=5) == 0
+
+
+def test_a_failing_restart_is_retried_with_back_off_and_shown(
+    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+) -> None:
+    flaky = daemon.root / "flaky-restart"
+    flaky.write_text(f"#!/bin/sh\necho try >> {daemon.restart_log}\n"
+                     f"[ -e {daemon.root}/ok ] || exit 1\n")
+    flaky.chmod(0o755)
+    daemon.config.write_text(f'restart = ["{flaky}"]\n')
+    daemon.start()
+    daemon.wait_for_message("READY=1")
+    real_binfmt(RISCV64)
+    daemon.wait_for_message("restart failed 1x")
+    (daemon.root / "ok").touch()
+    daemon.wait_until(lambda: daemon.restarts == 2, timeout=4)  # back-off: 2 s
+    assert "nixdaemon.restart_failed" in daemon.log and "nixdaemon.restarted" in daemon.log
+
+
+def test_restarts_are_rate_limited(
+    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+) -> None:
+    daemon.write_config()
+    daemon.config.write_text(daemon.config.read_text().replace(
+        "restart-interval-seconds = 0.5", "restart-interval-seconds = 2"))
+    daemon.start()
+    daemon.wait_for_message("READY=1")
+    real_binfmt(RISCV64)
+    daemon.wait_until(lambda: daemon.restarts == 1)
+    first = time.monotonic()
+    real_binfmt(S390X)
+    daemon.wait_until(declares(daemon, "s390x-linux"), timeout=1)
+    assert daemon.restarts == 1  # the second restart waits for the interval
+    daemon.wait_until(lambda: daemon.restarts == 2, timeout=3)
+    assert time.monotonic() - first >= 1.5
+
+
+def test_an_unwritable_nix_conf_is_logged_and_retried_on_the_next_event(
+    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+) -> None:
+    require(os.geteuid() == 0, "mounting a read-only tmpfs needs root")
+    folder = daemon.nix_conf.parent
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], check=True)
+    try:
+        daemon.nix_conf.write_text("sandbox = true\n")
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        daemon.start()
+        daemon.wait_for_message("READY=1")
+        real_binfmt(RISCV64)
+        daemon.wait_for_message("error: cannot write")
+        assert daemon.process is not None and daemon.process.poll() is None
+        subprocess.run(["mount", "-o", "remount,rw", str(folder)], check=True)
+        real_binfmt(S390X)
+        daemon.wait_until(declares(daemon, "riscv64-linux"), timeout=2)
+        assert daemon.log.count("reconcile.failed") == 1  # logged once, not per event
+    finally:
+        daemon.stop()
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_waits_for_binfmt_misc_to_be_mounted_without_spinning(
+    tmp_path: Path, real_binfmt: Callable[[str], str]
+) -> None:
+    require(os.geteuid() == 0, "mounting binfmt_misc needs root")
+    real_binfmt(RISCV64)
+    mountpoint = tmp_path / "binfmt_misc"
+    mountpoint.mkdir()
+    waiting = RunningDaemon(tmp_path, binfmt_misc=mountpoint)
+    try:
+        waiting.start()
+        ready = waiting.wait_for_message("READY=1")
+        assert "waiting for binfmt_misc" in ready
+        time.sleep(0.5)
+        assert _cpu_seconds(waiting) < 0.5  # blocked in select, not polling
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(mountpoint)],
+                       check=True)
+        waiting.wait_until(declares(waiting, "riscv64-linux"), timeout=2)
+    finally:
+        waiting.stop()
+        subprocess.run(["umount", str(mountpoint)], check=False)
+
+
+def _cpu_seconds(daemon: RunningDaemon) -> float:
+    import psutil
+
+    assert daemon.process is not None
+    times = psutil.Process(daemon.process.pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def test_json_logs_are_one_object_per_line(
+    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+) -> None:
+    real_binfmt(RISCV64)
+    daemon.start()
+    daemon.wait_for_message("READY=1")
+    daemon.stop()
+    events = [json.loads(line) for line in daemon.log.splitlines()]
+    written = next(e for e in events if e["event"] == "nixconf.written")
+    assert written["platforms"] == ["riscv64-linux"]
+    assert PROC_BINFMT.exists()
