@@ -126,7 +126,8 @@ def bench_idle(folder: Path, seconds: float) -> None:
         rss = daemon.memory_info().rss
     wakeups = (after_switches.voluntary - before_switches.voluntary
                + after_switches.involuntary - before_switches.involuntary)
-    print(f"idle {seconds:.0f} s: {wakeups} wake-ups, CPU {(after_cpu - before_cpu) * 1000:.0f} ms, "
+    cpu_ms = (after_cpu - before_cpu) * 1000
+    print(f"idle {seconds:.0f} s: {wakeups} wake-ups, CPU {cpu_ms:.0f} ms, "
           f"RSS {rss / 2**20:.1f} MB (targets: 0, 0, < 30 MB)")
 
 
