@@ -4,8 +4,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# What the test tiers need from Debian: real Nix, real emulators, and a booted systemd.
-TEST_DEBS := nix-bin qemu-user-static systemd-container debootstrap
+# What the test tiers need from Debian: real Nix, real emulators (static and the dynamically
+# linked qemu-user), and a booted systemd.
+TEST_DEBS := nix-bin qemu-user-static qemu-user systemd-container debootstrap
 RUN_DEBS  := python3-venv
 
 .PHONY: run test lint unit integration deps venv bench clean
