@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TEST_DEBS := nix-bin qemu-user-static qemu-user systemd-container debootstrap
 RUN_DEBS  := python3-venv
 
-.PHONY: run test lint unit integration deps venv bench clean
+.PHONY: run test lint unit integration deps venv bench clean deb rpm
 
 run: venv
 	@$(BIN)/binfmtd status; rc=$$?; [ $$rc -le 1 ] || exit $$rc
@@ -44,6 +44,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
+
+# Packages, each script installing its own build dependencies with apt-get.
+deb:
+	packaging/debian/build.sh
+
+rpm:
+	packaging/fedora/build.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
