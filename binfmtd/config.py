@@ -15,10 +15,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_IWGRP, S_IWOTH
 from typing import Any, Union
 
 from .errors import BinfmtdError
@@ -101,6 +103,19 @@ _CHECKS = {
 }
 
 
+def refuse_unsafe_owner(path: Path, stat: os.stat_result, euid: int) -> None:
+    """Like sshd's StrictModes: whoever may write the config may steer a root daemon.
+
+    The file must belong to root (or to the user running binfmtd, for trials on copies)
+    and must not be writable by its group or by others.
+    """
+    if stat.st_uid not in (0, euid):
+        raise BinfmtdError(f"{path}: owned by uid {stat.st_uid}, not root: refused "
+                           f"(chown root {path})")
+    if stat.st_mode & (S_IWGRP | S_IWOTH):
+        raise BinfmtdError(f"{path}: writable by group or others: refused (chmod go-w {path})")
+
+
 def read_config(path: Path, *, required: bool) -> Config:
     """Read config.toml; a missing file means defaults unless the user named it."""
     if sys.version_info >= (3, 11):
@@ -108,7 +123,9 @@ def read_config(path: Path, *, required: bool) -> Config:
     else:  # pragma: no cover - exercised on Python < 3.11 only
         import tomli as tomllib
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as file:
+            refuse_unsafe_owner(path, os.fstat(file.fileno()), os.geteuid())
+            raw = file.read()
     except FileNotFoundError:
         if required:
             raise BinfmtdError(f"{path}: no such file (check --config or BINFMTD_CONFIG)") from None

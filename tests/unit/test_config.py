@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from binfmtd.config import Config, read_config
 from binfmtd.errors import BinfmtdError
+from tests.conftest import require
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -75,3 +77,27 @@ def test_mistakes_are_one_line_naming_the_key(tmp_path: Path, text: str, message
 
 def test_restart_false_means_never(tmp_path: Path) -> None:
     assert read_config(write(tmp_path, "restart = false"), required=True).restart is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "message"),
+    [
+        (0o666, 0, "writable by group or others"),
+        (0o620, 0, "writable by group or others"),
+        (0o644, 4242, "owned by uid 4242, not root"),
+    ],
+)
+def test_a_config_others_may_write_is_refused(tmp_path: Path, mode: int, owner: int,
+                                              message: str) -> None:
+    require(os.geteuid() == 0, "changing a file's owner needs root")
+    path = write(tmp_path, "declare-i686 = true\n")
+    path.chmod(mode)
+    os.chown(path, owner, 0)
+    with pytest.raises(BinfmtdError, match=message):
+        read_config(path, required=True)
+
+
+def test_a_root_owned_config_that_only_root_may_write_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path, "declare-i686 = true\n")
+    path.chmod(0o644)
+    assert read_config(path, required=True).declare_i686
