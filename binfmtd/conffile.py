@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +14,10 @@ from .errors import BinfmtdError
 from .nixconf import included_files
 
 SELINUX_XATTR = "security.selinux"
+TEMP_SUFFIX = ".binfmtd"
+# A temp file this old was left by a writer that died (kill -9, power loss), not by one
+# still writing: every write finishes within seconds.
+STALE_TEMP_SECONDS = 60
 DETERMINATE_CUSTOM_FILE = "nix.custom.conf"
 
 
@@ -67,7 +72,8 @@ def _replace(target: Path, data: bytes) -> None:
         old = os.stat(target)
     except FileNotFoundError:
         old = None
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".binfmtd",
+    _remove_stale_temp_files(target)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX,
                                      dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as temp:
@@ -95,6 +101,14 @@ def _copy_selinux_label(source: Path, fd: int) -> None:
             return
         raise
     os.setxattr(fd, SELINUX_XATTR, label)
+
+
+def _remove_stale_temp_files(target: Path) -> None:
+    now = time.time()
+    for leftover in target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            if now - leftover.lstat().st_mtime > STALE_TEMP_SECONDS:
+                leftover.unlink()
 
 
 def _remove_quietly(path: str) -> None:

@@ -89,6 +89,7 @@ class Daemon:
         self.error: Optional[str] = None
         self.stopping = False
         self.reload_requested = False
+        self.sent_status: Optional[str] = None
 
     # --- the loop ---------------------------------------------------------------
 
@@ -96,12 +97,13 @@ class Daemon:
         with _signal_wakeup(self._on_signal) as wakeup_fd, open(MOUNTINFO, "rb") as mounts:
             self.rewatch()
             self.reconcile()
-            sd_notify(f"READY=1\nSTATUS={self.status_line()}")
+            self.sent_status = self.status_line()
+            _notify_quietly(f"READY=1\nSTATUS={self.sent_status}")
             self.log.info("daemon.ready", platforms=self.platforms)
             while not self.stopping:
                 self._wait(wakeup_fd, mounts)
                 self._run_due_work()
-            sd_notify("STOPPING=1")
+            _notify_quietly("STOPPING=1")
             self.log.info("daemon.stopped")
             self.inotify.close()
         return 0
@@ -134,7 +136,7 @@ class Daemon:
             self.reload()
         now = self.clock()
         if self.watchdog_at is not None and now >= self.watchdog_at:
-            sd_notify("WATCHDOG=1")
+            _notify_quietly("WATCHDOG=1")
             self.watchdog_at = now + (self.watchdog_every or 0)
         if now >= self.resync_at:
             self.schedule_reconcile(immediately=True)
@@ -166,6 +168,8 @@ class Daemon:
             elif event.name in self.watched_names:
                 if event.name == self.host.config.name:
                     self.reload_requested = True
+                relevant = True
+            elif self.error is not None:  # e.g. space freed beside a nix.conf we could not write
                 relevant = True
         if relevant:
             self.schedule_reconcile()
@@ -209,6 +213,13 @@ class Daemon:
         self.watches[wd] = str(folder)
         return wd
 
+    def _unwatch_binfmt(self) -> None:
+        """binfmt_misc vanished from its path while its inodes live on (mounted elsewhere):
+        the watch would follow them, so drop it and wait for the path to be a mount again."""
+        assert self.binfmt_wd is not None
+        self.inotify.rm_watch(self.binfmt_wd)
+        self._forget_watch(self.binfmt_wd)
+
     def _forget_watch(self, wd: int) -> None:
         folder = self.watches.pop(wd, None)
         if wd == self.binfmt_wd:
@@ -233,15 +244,18 @@ class Daemon:
                                   platforms=planned.platforms,
                                   sandbox_paths=planned.sandbox_paths)
                     self.restart_owed = self.restart_enabled
-            self.platforms = planned.platforms
+            # What nix.conf declares now: the plan, unless it was left alone.
+            self.platforms = planned.platforms if planned.text else planned.declared_platforms
             self._set_error(None)
+            if not world.binfmt.mounted and self.binfmt_wd is not None:
+                self._unwatch_binfmt()
             self.rewatch(world.managed)
         except BinfmtdError as error:
             self._set_error(str(error))
         if self.restart_owed and self.restart_at is None:
             self.restart_at = max(self.clock(), self.last_restart
                                   + self.config.restart_interval_seconds)
-        sd_notify(f"STATUS={self.status_line()}")
+        self._notify_status()
 
     def _report(self, planned: Plan) -> None:
         """Log each problem once, when it appears, and say when it is gone."""
@@ -272,20 +286,27 @@ class Daemon:
             self.restart_failures = 0
             self.log.info("nixdaemon.restarted", how=said)
         self.last_restart = self.clock()
-        sd_notify(f"STATUS={self.status_line()}")
+        self._notify_status()
 
     def reload(self) -> None:
         """SIGHUP or a changed config.toml: read it again, keep the old one if it is bad."""
         self.reload_requested = False
         now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={now_usec}")
+        _notify_quietly(f"RELOADING=1\nMONOTONIC_USEC={now_usec}")
         try:
             self.config = read_config(self.host.config, required=self.host.config_required)
             self.log.info("config.reloaded", path=str(self.host.config))
         except BinfmtdError as error:
             self.log.error("config.rejected", error=str(error), keeping="the previous config")
         self.reconcile()
-        sd_notify("READY=1")
+        _notify_quietly("READY=1")
+
+    def _notify_status(self) -> None:
+        """Tell systemd the status line when it changed, and only then."""
+        line = self.status_line()
+        if line != self.sent_status:
+            self.sent_status = line
+            _notify_quietly(f"STATUS={line}")
 
     def status_line(self) -> str:
         parts = [emulated_status(self.platforms)]
@@ -319,6 +340,14 @@ def _signal_wakeup(handler: Callable[[int], None]) -> Iterator[int]:
             signal.signal(signum, old)
         os.close(read_fd)
         os.close(write_fd)
+
+
+def _notify_quietly(state: str) -> None:
+    """A status line systemd could not take in time is not worth stopping for."""
+    try:
+        sd_notify(state)
+    except OSError as error:
+        get_logger().warning("notify.failed", error=error.strerror or str(error))
 
 
 def _drain(fd: int) -> None:

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Mapping
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+NOTIFY_TIMEOUT_SECONDS = 2.0
 
 
 def sd_notify(state: str, environ: Mapping[str, str] = os.environ) -> bool:
@@ -21,6 +22,8 @@ def sd_notify(state: str, environ: Mapping[str, str] = os.environ) -> bool:
     if address.startswith("@"):  # abstract namespace
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # A receiver that stops reading must not stall the daemon: give up after a while.
+        sock.settimeout(NOTIFY_TIMEOUT_SECONDS)
         sock.connect(address)
         sock.sendall(state.encode("utf-8", "surrogateescape"))
     return True

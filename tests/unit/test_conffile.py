@@ -85,3 +85,16 @@ def test_the_managed_file_follows_determinate_nix_layout(
     main = Path("/etc/nix/nix.conf")
     result = managed_file(main, main_text, target)
     assert result == (Path(expected) if expected.startswith("/") else main.parent / expected)
+
+
+def test_temp_files_left_by_a_killed_writer_are_cleaned_up_later(tmp_path: Path) -> None:
+    conf = tmp_path / "nix.conf"
+    conf.write_text("a = 1\n")
+    stale = tmp_path / ".nix.conf.k1ll3d.binfmtd"
+    fresh = tmp_path / ".nix.conf.wr1t1ng.binfmtd"
+    stale.write_text("half")
+    fresh.write_text("half")
+    os.utime(stale, (1_000_000, 1_000_000))
+    assert write_conf_text(conf, "a = 2\n")
+    assert not stale.exists()  # minutes old: its writer is dead
+    assert fresh.exists()  # could be another writer's, in progress
