@@ -15,6 +15,7 @@ from . import __version__
 from .config import Config, read_config
 from .errors import BinfmtdError
 from .host import Host, World, apply_plan, plan_for, read_world
+from .reconcile import Plan
 
 EXIT_OK, EXIT_ATTENTION, EXIT_ERROR = 0, 1, 2
 
@@ -50,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=("auto", "console", "json", "journal"),
                      default="auto", help="auto: the journal under systemd, else console")
 
+    register = commands.add_parser(
+        "register", help="register a static emulator for each system (default: "
+                         "emulated-systems from config.toml), then sync")
+    register.add_argument("systems", nargs="*", metavar="SYSTEM")
+    register.add_argument("--no-restart", action="store_true", help="do not restart nix-daemon")
+
+    unregister = commands.add_parser("unregister", help="remove what register made, then sync")
+    unregister.add_argument("systems", nargs="+", metavar="SYSTEM")
+    unregister.add_argument("--no-restart", action="store_true",
+                            help="do not restart nix-daemon")
+
+    doctor = commands.add_parser("doctor", help="prove that each platform really builds")
+    doctor.add_argument("--json", action="store_true", help="print one JSON object")
+
     remove = commands.add_parser("remove", help="take binfmtd's block out of nix.conf")
     remove.add_argument("--no-restart", action="store_true", help="do not restart nix-daemon")
     return parser
@@ -66,6 +81,7 @@ def host_from(args: argparse.Namespace) -> Host:
         nix_conf=nix_conf or host.nix_conf,
         config=config or host.config,
         config_required=config is not None,
+        binfmt_d=_env_path("BINFMTD_BINFMT_D") or host.binfmt_d,
     )
 
 
@@ -103,6 +119,11 @@ def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
 
     world = read_world(host, config)
     planned = plan_for(world, config, host)
+    missing = [s for s in config.emulated_systems if s not in planned.platforms]
+    if missing and not args.check:
+        _register_missing(missing, planned, host, config)
+        world = read_world(host, config)
+        planned = plan_for(world, config, host)
     if planned.blocked:
         raise BinfmtdError(planned.blocked)
     if args.diff and planned.text is not None:
@@ -112,7 +133,7 @@ def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
             report = gather_report(world, planned, host, ask_nix=False)
             print(json.dumps(to_json(report, changed=planned.text is not None), indent=2))
         _warn_problems(planned.problems)
-        return EXIT_ATTENTION if planned.text is not None else EXIT_OK
+        return EXIT_ATTENTION if planned.text is not None or missing else EXIT_OK
     outcome = apply_plan(world, planned, config, host, restart=not args.no_restart)
     _warn_problems(planned.problems)
     if args.json:
@@ -123,6 +144,16 @@ def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
     elif not args.diff:
         print(_sync_summary(world, planned.platforms, outcome.written, outcome.restart))
     return EXIT_OK
+
+
+def _register_missing(systems: Sequence[str], planned: Plan, host: Host,
+                      config: Config) -> None:
+    """emulated-systems: register what is listed there and not emulated yet."""
+    from .registration import register_system
+
+    for system in systems:
+        outcome = register_system(system, planned, host, config)
+        print(f"binfmtd: {system}: {outcome.message}", file=sys.stderr)
 
 
 def _sync_summary(world: World, platforms: Sequence[str], written: bool,
@@ -140,6 +171,55 @@ def cmd_run(args: argparse.Namespace, host: Host, config: Config) -> int:
 
     configure_logging(args.log_format)
     return run_daemon(host, config, restart=not args.no_restart)
+
+
+def cmd_register(args: argparse.Namespace, host: Host, config: Config) -> int:
+    from .registration import register_system
+
+    systems = tuple(args.systems) or config.emulated_systems
+    if not systems:
+        raise BinfmtdError("name the systems to register, or list them in emulated-systems")
+    outcomes = []
+    for system in systems:
+        world = read_world(host, config)
+        outcome = register_system(system, plan_for(world, config, host), host, config)
+        print(f"{system}: {outcome.message}")
+        outcomes.append(outcome)
+    _sync_quietly(host, config, restart=not args.no_restart)
+    return EXIT_OK if all(o.ok for o in outcomes) else EXIT_ATTENTION
+
+
+def cmd_unregister(args: argparse.Namespace, host: Host, config: Config) -> int:
+    from .registration import unregister_system
+
+    for system in args.systems:
+        print(f"{system}: {unregister_system(system, host, config).message}")
+    _sync_quietly(host, config, restart=not args.no_restart)
+    return EXIT_OK
+
+
+def _sync_quietly(host: Host, config: Config, *, restart: bool) -> None:
+    """After (un)registering, nix.conf follows at once, as `binfmtd sync` would."""
+    world = read_world(host, config)
+    planned = plan_for(world, config, host)
+    if planned.blocked:
+        raise BinfmtdError(planned.blocked)
+    outcome = apply_plan(world, planned, config, host, restart=restart)
+    print(_sync_summary(world, planned.platforms, outcome.written, outcome.restart))
+
+
+def cmd_doctor(args: argparse.Namespace, host: Host, config: Config) -> int:
+    from . import doctor
+    from .status import gather_report
+
+    world = read_world(host, config)
+    planned = plan_for(world, config, host)
+    report = gather_report(world, planned, host)
+    systems = tuple(sorted(set(planned.platforms) | set(config.emulated_systems)))
+    diagnoses = doctor.diagnose(report, systems, as_root=os.geteuid() == 0)
+    print(json.dumps(doctor.to_json(diagnoses), indent=2) if args.json
+          else doctor.to_text(diagnoses))
+    return EXIT_OK if all(d.ok for d in diagnoses) else EXIT_ATTENTION
 
 
 def cmd_remove(args: argparse.Namespace, host: Host, config: Config) -> int:
@@ -181,4 +261,5 @@ def _warn_problems(problems: Sequence[object]) -> None:
         print(f"binfmtd: warning: {problem}", file=sys.stderr)
 
 
-COMMANDS = {"status": cmd_status, "sync": cmd_sync, "run": cmd_run, "remove": cmd_remove}
+COMMANDS = {"status": cmd_status, "sync": cmd_sync, "run": cmd_run, "remove": cmd_remove,
+            "register": cmd_register, "unregister": cmd_unregister, "doctor": cmd_doctor}

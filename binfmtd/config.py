@@ -11,6 +11,10 @@
     debounce-seconds = 0.2          # daemon: quiet time before acting on events
     resync-seconds = 600            # daemon: safety-net resync interval
     restart-interval-seconds = 10   # daemon: at most one nix-daemon restart per interval
+    emulated-systems = []           # systems `binfmtd register`/`sync` make sure are emulated
+    replace-handlers = false        # may binfmtd's registration shadow someone else's
+                                    # broken handler for the same system?
+    registration-prefix = "binfmtd-"  # names of binfmtd's own entries: PREFIX + system
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class Config:
     debounce_seconds: float = 0.2
     resync_seconds: float = 600.0
     restart_interval_seconds: float = 10.0
+    emulated_systems: tuple[str, ...] = ()
+    replace_handlers: bool = False
+    registration_prefix: str = "binfmtd-"
 
 
 def parse_config(data: Mapping[str, Any], source: str) -> Config:
@@ -78,6 +85,10 @@ def _string_set(key: str, value: Any, source: str) -> frozenset[str]:
     return frozenset(value)
 
 
+def _string_list(key: str, value: Any, source: str) -> tuple[str, ...]:
+    return tuple(sorted(_string_set(key, value, source)))
+
+
 def _restart(key: str, value: Any, source: str) -> RestartPolicy:
     if value is False:
         return None
@@ -100,6 +111,9 @@ _CHECKS = {
     "debounce-seconds": _seconds,
     "resync-seconds": _seconds,
     "restart-interval-seconds": _seconds,
+    "emulated-systems": _string_list,
+    "replace-handlers": _boolean,
+    "registration-prefix": _string,
 }
 
 

@@ -13,13 +13,14 @@ from .config import Config
 from .errors import BinfmtdError
 from .interpreters import Interpreter, read_interpreter
 from .nixdaemon import restart_nix_daemon
-from .nixtool import find_nix, validate_candidate
+from .nixtool import INSTALL_NIX, find_nix, validate_candidate
 from .platforms import host_system
 from .reconcile import Plan, plan
 
 DEFAULT_CONFIG = Path("/etc/binfmtd/config.toml")
 DEFAULT_BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
 DEFAULT_NIX_CONF = Path("/etc/nix/nix.conf")
+DEFAULT_BINFMT_D = Path("/etc/binfmt.d")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Host:
     nix_conf: Path = DEFAULT_NIX_CONF
     config: Path = DEFAULT_CONFIG
     config_required: bool = False  # the user named the config file: it must exist
+    binfmt_d: Path = DEFAULT_BINFMT_D  # where `register` leaves its lines for systemd-binfmt
     system: str = field(default_factory=lambda: host_system(platform.machine()))
 
 
@@ -74,7 +76,8 @@ def apply_plan(world: World, planned: Plan, config: Config, host: Host, *,
     if planned.text is None:
         return Outcome(written=False, restart=None)
     if not world.managed.parent.is_dir():
-        raise BinfmtdError(f"{world.managed.parent} does not exist: is Nix installed?")
+        raise BinfmtdError(f"{world.managed.parent} does not exist: is Nix installed? "
+                           f"({INSTALL_NIX})")
     nix = find_nix()
     if nix is not None:
         _validate(nix, world, planned.text, host)

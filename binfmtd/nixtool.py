@@ -16,6 +16,7 @@ from .proc import run_program
 EXPERIMENTAL = ["--extra-experimental-features", "nix-command"]
 # Nix 2.8 has `nix show-config`; newer Nix calls it `nix config show`.
 SHOW_CONFIG_COMMANDS = (["show-config"], ["config", "show"])
+INSTALL_NIX = "apt-get install nix-bin (Debian/Ubuntu) or dnf install nix-daemon (Fedora)"
 
 
 def find_nix() -> Optional[str]:

@@ -86,6 +86,10 @@ def plan(
     sandbox_paths = tuple(sorted({p for v in verdicts for p in v.sandbox_paths}))
     problems = [Problem(v.name, text) for v in verdicts for text in v.problems]
     notes = list(_user_platform_notes(conf_text))
+    for system in config.emulated_systems:
+        if system not in platforms and binfmt.mounted:
+            problems.append(Problem(system, "is in emulated-systems but no working handler "
+                                    "emulates it: run binfmtd register"))
     if not binfmt.mounted:
         problems.append(Problem("binfmt_misc", "is not mounted: nothing can be emulated; "
                                 "mount it (mount -t binfmt_misc binfmt_misc "

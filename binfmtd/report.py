@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .nixdaemon import DaemonProcess
+from .nixtool import INSTALL_NIX
 from .reconcile import Plan, Verdict
 
 EFFECTIVE_KEYS = ("system", "extra-platforms", "sandbox-paths")
@@ -24,10 +25,12 @@ class Report:
     effective_error: Optional[str]
     daemons: tuple[DaemonProcess, ...]
     stale_daemons: tuple[DaemonProcess, ...]
+    nix_installed: bool = True
 
     @property
     def healthy(self) -> bool:
-        return self.plan.in_sync and not self.plan.problems and not self.stale_daemons
+        return (self.nix_installed and self.plan.in_sync and not self.plan.problems
+                and not self.stale_daemons)
 
 
 def _interpreter_kind(verdict: Verdict) -> Optional[str]:
@@ -57,6 +60,7 @@ def to_json(report: Report, **extra: Any) -> dict[str, Any]:
         "problems": [str(p) for p in plan.problems],
         "notes": list(plan.notes),
         "effective": report.effective,
+        "nix_installed": report.nix_installed,
         "nix_daemon": {"pids": [d.pid for d in report.daemons],
                        "restart_needed": bool(report.stale_daemons)},
         **extra,
@@ -140,6 +144,8 @@ def _daemon_lines(report: Report) -> list[str]:
 
 def _verdict_line(report: Report) -> str:
     plan = report.plan
+    if not report.nix_installed:
+        return f"Nix is not installed: {INSTALL_NIX}, then run binfmtd sync"
     if plan.blocked:
         return "cannot edit nix.conf: see the problem above"
     if not plan.in_sync:

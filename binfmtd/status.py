@@ -25,6 +25,7 @@ def gather_report(world: World, planned: Plan, host: Host, *, ask_nix: bool = Tr
         except BinfmtdError as error:
             effective_error = str(error)
     daemons = tuple(find_nix_daemons(str(host.nix_conf.parent)))
+    nix_installed = nix is not None or world.managed.parent.is_dir()
     changed = _last_change(world)
     stale = tuple(d for d in daemons if changed is not None and started_before(d, changed))
     return Report(
@@ -37,6 +38,7 @@ def gather_report(world: World, planned: Plan, host: Host, *, ask_nix: bool = Tr
         effective_error=effective_error,
         daemons=daemons,
         stale_daemons=stale,
+        nix_installed=nix_installed,
     )
 
 

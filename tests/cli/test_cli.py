@@ -171,3 +171,14 @@ def test_a_failing_restart_is_reported_after_the_write(sandbox: Sandbox) -> None
     assert result.returncode == 2
     assert "/bin/false failed" in result.stderr
     assert "extra-extra-platforms" in sandbox.nix_conf.read_text()
+
+
+def test_without_nix_status_says_so_and_how_to_install_it(sandbox: Sandbox) -> None:
+    missing = sandbox.root / "no-nix" / "nix.conf"
+    env = {"PATH": "/usr/local/sbin:/usr/sbin:/sbin"}  # no nix here
+    result = sandbox.run("--nix-conf", str(missing), "status", env=env)
+    assert result.returncode == 1
+    assert "Nix is not installed: apt-get install nix-bin" in result.stdout
+    report = json.loads(sandbox.run("--nix-conf", str(missing), "status", "--json",
+                                    env=env).stdout)
+    assert report["nix_installed"] is False

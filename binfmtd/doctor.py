@@ -1,0 +1,148 @@
+"""`binfmtd doctor`: prove, per platform, that a Nix build for it would really run.
+
+For each platform binfmtd declares (or is told to emulate): a handler serves it; a tiny
+program of that architecture runs; it also runs where only the sandbox paths are
+visible, as in a Nix build; Nix reads the platform from nix.conf; and the running
+nix-daemon started after nix.conf last changed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .elfgen import EXIT_CODE, MACHINES, exit_program
+from .errors import BinfmtdError
+from .proc import run_program
+from .report import Report
+from .sandboxrun import run_sandboxed
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: Optional[bool]  # None: could not be checked here
+    detail: str
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    system: str
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok is not False for check in self.checks)
+
+
+def diagnose(report: Report, systems: tuple[str, ...], *, as_root: bool) -> list[Diagnosis]:
+    visible = sandbox_paths(report)
+    return [Diagnosis(system, tuple(_checks(report, system, visible, as_root)))
+            for system in systems]
+
+
+def sandbox_paths(report: Report) -> list[str]:
+    """What a build sandbox sees besides the store: Nix's own reading when it can be had."""
+    if report.effective is None:
+        return list(report.plan.declared_sandbox_paths)
+    paths = []
+    for word in report.effective.get("sandbox-paths", "").split():
+        source = word.rstrip("?").split("=", 1)[-1]
+        paths.append(source)
+    return paths
+
+
+def _checks(report: Report, system: str, visible: list[str], as_root: bool) -> list[Check]:
+    serving = [v for v in report.plan.verdicts if system in v.platforms]
+    if not serving:
+        return [Check("handler", False, "no working handler: see binfmtd status, or run "
+                                         f"binfmtd register {system}")]
+    handler = serving[0].handler
+    assert handler is not None
+    checks = [Check("handler", True, f"{handler.name} ({handler.interpreter}, flags "
+                                     f"{handler.flags_text or '-'})")]
+    if system not in MACHINES:
+        checks.append(Check("runs", None, f"binfmtd has no test program for {system}"))
+    else:
+        program = exit_program(system)
+        checks.append(_run_directly(system, program))
+        checks.append(_run_sandboxed(program, visible, as_root))
+    checks.append(_declared(report, system))
+    checks.append(_daemon(report))
+    return checks
+
+
+def _run_directly(system: str, program: bytes) -> Check:
+    with tempfile.TemporaryDirectory(prefix="binfmtd-doctor-") as folder:
+        path = os.path.join(folder, "program")
+        with open(path, "wb") as out:
+            out.write(program)
+        os.chmod(path, 0o700)
+        try:
+            status = run_program([path], check=False, timeout=30).returncode
+        except BinfmtdError as error:
+            return Check("runs", False, str(error).replace(path, f"a {system} program"))
+    if status != EXIT_CODE:
+        return Check("runs", False, f"a {system} program exited {status}, not {EXIT_CODE}")
+    return Check("runs", True, f"a {len(program)}-byte {system} program ran and exited "
+                               f"{EXIT_CODE}")
+
+
+def _run_sandboxed(program: bytes, visible: list[str], as_root: bool) -> Check:
+    if not as_root:
+        return Check("sandbox", None, "needs root (a private mount namespace)")
+    outcome = run_sandboxed(program, visible)
+    seen = f"{len(visible)} sandbox path{'s' if len(visible) != 1 else ''}"
+    if outcome.error is not None:
+        return Check("sandbox", False, f"cannot start where only {seen} are visible: "
+                                       f"{outcome.error}")
+    if outcome.status != EXIT_CODE:
+        return Check("sandbox", False, f"exited {outcome.status} where only {seen} are visible")
+    return Check("sandbox", True, f"runs where only {seen} are visible, as in a Nix build")
+
+
+def _declared(report: Report, system: str) -> Check:
+    if report.effective is not None:
+        if system in report.effective.get("extra-platforms", "").split():
+            return Check("nix.conf", True, "Nix reads it in extra-platforms")
+        return Check("nix.conf", False, "Nix does not list it in extra-platforms: "
+                                        "run binfmtd sync")
+    if system in report.plan.declared_platforms:
+        return Check("nix.conf", True, "declared (Nix is not installed to confirm)")
+    return Check("nix.conf", False, "not declared: run binfmtd sync")
+
+
+def _daemon(report: Report) -> Check:
+    if report.stale_daemons:
+        pids = ", ".join(str(d.pid) for d in report.stale_daemons)
+        return Check("nix-daemon", False, f"pid {pids} started before nix.conf last changed: "
+                                          "restart nix-daemon")
+    if not report.daemons:
+        return Check("nix-daemon", True, "not running; it reads nix.conf when it starts")
+    return Check("nix-daemon", True, "started after nix.conf last changed")
+
+
+def to_text(diagnoses: list[Diagnosis]) -> str:
+    if not diagnoses:
+        return "nothing is emulated: nothing to check (see binfmtd status)"
+    lines = []
+    marks = {True: "[ok]  ", False: "[FAIL]", None: "[skip]"}
+    for diagnosis in diagnoses:
+        lines.append(diagnosis.system)
+        lines.extend(f"  {marks[c.ok]} {c.name:<10} {c.detail}" for c in diagnosis.checks)
+    good = all(d.ok for d in diagnoses)
+    lines.append("all good" if good else "PROBLEMS: see [FAIL] above")
+    return "\n".join(lines)
+
+
+def to_json(diagnoses: list[Diagnosis]) -> dict[str, Any]:
+    return {
+        "ok": all(d.ok for d in diagnoses),
+        "platforms": [
+            {"system": d.system, "ok": d.ok,
+             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in d.checks]}
+            for d in diagnoses
+        ],
+    }

@@ -1,0 +1,144 @@
+"""`binfmtd register` / `unregister`: binfmtd's own binfmt_misc entries and binfmt.d files.
+
+Talks to binfmt_misc the way systemd-binfmt does: the old entry is removed first, then
+one write(2) per registration. The binfmt.d file makes systemd-binfmt register the
+same line again at every boot.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .binfmt import Handler
+from .conffile import write_conf_text
+from .config import Config
+from .emulators import (
+    EMULATIONS,
+    Candidate,
+    candidates,
+    install_hint,
+    render_binfmt_d,
+    render_binfmt_line,
+)
+from .errors import BinfmtdError
+from .host import Host
+from .interpreters import read_interpreter
+from .platforms import ElfIdentity, decode_magic, nix_system
+from .reconcile import Plan
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What register did for one system; `ok` False means the user must act."""
+
+    system: str
+    ok: bool
+    message: str
+
+
+def find_emulator(system: str) -> Optional[Candidate]:
+    """The first installed static emulator for `system` (a dynamic one would need its
+    libraries in every build sandbox, so it is not chosen)."""
+    for candidate in candidates(system):
+        if read_interpreter(candidate.path).is_static:
+            return candidate
+    return None
+
+
+def handlers_for(system: str, planned: Plan) -> list[Handler]:
+    """Every enabled handler whose magic decodes to `system`, working or not."""
+    found = []
+    for verdict in planned.verdicts:
+        handler = verdict.handler
+        if handler is None or not handler.enabled or handler.magic is None:
+            continue
+        identity = decode_magic(handler.magic, handler.mask, handler.offset)
+        if isinstance(identity, ElfIdentity) and nix_system(identity) in _aliases(system):
+            found.append(handler)
+    return found
+
+
+def _aliases(system: str) -> set[str]:
+    return {"armv7l-linux"} if system == "armv6l-linux" else {system}
+
+
+def register_system(system: str, planned: Plan, host: Host, config: Config) -> Outcome:
+    """Register `system` unless something already emulates it."""
+    if system not in EMULATIONS:
+        known = " ".join(sorted(EMULATIONS))
+        raise BinfmtdError(f"{system}: binfmtd cannot register it (it knows: {known})")
+    working = [v.name for v in planned.verdicts if system in v.platforms]
+    if working:
+        return Outcome(system, True, f"already emulated by {', '.join(working)}")
+    prefix = config.registration_prefix
+    foreign = [h.name for h in handlers_for(system, planned) if not h.name.startswith(prefix)]
+    if foreign and not config.replace_handlers:
+        return Outcome(system, False, f"{', '.join(foreign)} handles it but does not work "
+                       "(see binfmtd status); set replace-handlers = true to register "
+                       "binfmtd's own in front of it")
+    candidate = find_emulator(system)
+    if candidate is None:
+        return Outcome(system, False, f"no static emulator installed: {install_hint(system)}")
+    name = prefix + system
+    write_conf_text(host.binfmt_d / f"{name}.conf", render_binfmt_d(name, system, candidate))
+    register_line(host.binfmt_misc, name, render_binfmt_line(name, system, candidate))
+    return Outcome(system, True, f"registered {name}: {candidate.path} (flags "
+                   f"{candidate.flags}), and {host.binfmt_d}/{name}.conf for every boot")
+
+
+def unregister_system(system: str, host: Host, config: Config) -> Outcome:
+    """Remove what `register` made for `system`, and nothing else."""
+    if system not in EMULATIONS:
+        raise BinfmtdError(f"{system}: binfmtd never registers it")
+    name = config.registration_prefix + system
+    removed = remove_entry(host.binfmt_misc, name)
+    config_file = host.binfmt_d / f"{name}.conf"
+    try:
+        config_file.unlink()
+        removed = True
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        raise BinfmtdError(f"cannot remove {config_file}: {error.strerror}") from error
+    if not removed:
+        return Outcome(system, True, f"nothing to remove: binfmtd registered no {name}")
+    return Outcome(system, True, f"removed {name}")
+
+
+def _check_name(name: str) -> None:
+    """Refuse what would hit a control file, leave the folder or break the line format."""
+    if name in ("register", "status") or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+        raise BinfmtdError(f"{name!r} cannot name a binfmt_misc entry")
+
+
+def register_line(binfmt_misc: Path, name: str, line: str) -> None:
+    """One registration: remove the old entry of that name, then one write of the line."""
+    _check_name(name)
+    remove_entry(binfmt_misc, name)
+    try:
+        fd = os.open(binfmt_misc / "register", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise BinfmtdError(f"cannot register {name} in {binfmt_misc}: {error.strerror}") from error
+
+
+def remove_entry(binfmt_misc: Path, name: str) -> bool:
+    """Write -1 to an entry; False when there is none."""
+    _check_name(name)
+    entry = binfmt_misc / name
+    if not entry.exists():
+        return False
+    try:
+        entry.write_text("-1")
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        raise BinfmtdError(f"cannot remove {entry}: {error.strerror}") from error
+    return True
