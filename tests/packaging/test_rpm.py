@@ -1,0 +1,251 @@
+"""The Fedora RPM: `make rpm` builds packaging/fedora/binfmtd.spec from an sdist, and the
+package holds what the spec promises. Runs on Debian (rpmbuild from Debian's `rpm`, with
+stand-ins for Fedora's macro packages); the RPM is inspected and its scriptlets are run
+against stubs and copies, never installed on this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from binfmtd.config import Config, read_config
+from binfmtd.nixconf import find_block, render_block, with_block
+from tests.conftest import require
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT = "/usr/lib/systemd/system/binfmtd.service"
+CONFIG = "/etc/binfmtd/config.toml"
+LICENSE = "/usr/share/licenses/binfmtd/LICENSE"
+HELPER = "/usr/lib/systemd/systemd-update-helper"
+
+
+def project_version() -> str:
+    text = (REPO / "pyproject.toml").read_text()
+    match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    assert match, "no version in pyproject.toml"
+    return match.group(1)
+
+
+@dataclass(frozen=True)
+class Built:
+    rpm: Path
+    srpm: Path
+    root: Path  # the RPM's payload, unpacked
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """`make rpm` once, as a user would run it; its RPM unpacked for a look inside."""
+    require(shutil.which("make") is not None, "make is not installed")
+    require(shutil.which("rpmbuild") is not None
+            or (os.geteuid() == 0 and shutil.which("apt-get") is not None),
+            "rpmbuild is missing and apt-get cannot install it (needs root on Debian)")
+    version = project_version()
+    for old in (REPO / "dist").glob("binfmtd-*.rpm"):
+        old.unlink()
+    result = subprocess.run(["make", "rpm"], cwd=REPO, capture_output=True, text=True,
+                            timeout=1200)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+        pytest.fail(f"make rpm failed ({result.returncode}):\n{tail}")
+    rpms = sorted((REPO / "dist").glob(f"binfmtd-{version}-*.noarch.rpm"))
+    srpms = sorted((REPO / "dist").glob(f"binfmtd-{version}-*.src.rpm"))
+    assert len(rpms) == 1, rpms
+    assert len(srpms) == 1, srpms
+
+    root = tmp_path_factory.mktemp("rpm-payload")
+    with open(rpms[0], "rb") as package:
+        archive = subprocess.run(["rpm2archive", "-"], stdin=package, capture_output=True,
+                                 check=True).stdout
+    tarball = root.parent / "payload.tgz"
+    tarball.write_bytes(archive)
+    with tarfile.open(tarball) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(root, filter="data")
+        else:  # pragma: no cover - Python without extraction filters
+            tar.extractall(root)
+    return Built(rpm=rpms[0], srpm=srpms[0], root=root)
+
+
+def rpm_query(package: Path, *options: str) -> list[str]:
+    result = subprocess.run(["rpm", "-qp", *options, str(package)], capture_output=True,
+                            text=True, check=True)
+    return result.stdout.splitlines()
+
+
+def test_make_rpm_leaves_the_noarch_rpm_in_dist(built: Built) -> None:
+    version = project_version()
+    assert re.fullmatch(rf"binfmtd-{re.escape(version)}-\d+.*\.noarch\.rpm", built.rpm.name)
+    assert rpm_query(built.rpm, "--qf", "%{NAME} %{VERSION} %{ARCH} %{LICENSE}") == [
+        f"binfmtd {version} noarch MIT"]
+
+
+def test_rpm_lists_command_unit_man_page_license_and_config(built: Built) -> None:
+    files = set(rpm_query(built.rpm, "-l"))
+    for wanted in ("/usr/bin/binfmtd", UNIT, "/usr/share/man/man8/binfmtd.8.gz", LICENSE,
+                   CONFIG, "/usr/share/doc/binfmtd/README.md"):
+        assert wanted in files, wanted
+    sitelib = sitelib_of(built).relative_to(built.root)
+    package = f"/{sitelib}/binfmtd"
+    assert f"{package}/cli.py" in files
+    assert any(name.startswith(f"{package}/__pycache__/cli.cpython-") for name in files)
+    assert f"/{sitelib}/binfmtd-{project_version()}.dist-info/METADATA" in files
+
+
+def test_config_is_noreplace_and_license_is_marked(built: Built) -> None:
+    flags = {}
+    for line in rpm_query(built.rpm, "--qf", "[%{FILEFLAGS:fflags}\t%{FILENAMES}\n]"):
+        flag, name = line.split("\t")
+        flags[name] = flag
+    assert set(flags[CONFIG]) >= {"c", "n"}, flags[CONFIG]  # %config(noreplace)
+    assert "l" in flags[LICENSE]
+    assert "d" in flags["/usr/share/man/man8/binfmtd.8.gz"]
+
+
+def test_requires_recommends_and_suggests(built: Built) -> None:
+    requires = rpm_query(built.rpm, "-R")
+    assert "python3-psutil >= 5.9" in requires
+    assert "python3-structlog >= 22.3" in requires
+    assert any(line.startswith("python(abi) = 3.") for line in requires)
+    # Fedora's nix is not in every release: recommended, never required.
+    assert not [line for line in requires if line.startswith("nix")], requires
+    assert set(rpm_query(built.rpm, "--recommends")) == {"nix-daemon", "qemu-user-static"}
+    assert rpm_query(built.rpm, "--suggests") == ["python3-systemd"]
+
+
+def test_srpm_build_requires_fedoras_macro_packages(built: Built) -> None:
+    build_requires = set(rpm_query(built.srpm, "-R"))
+    assert {"python3-devel", "pyproject-rpm-macros", "systemd-rpm-macros"} <= build_requires
+
+
+def test_payload_matches_the_source_tree(built: Built) -> None:
+    root = built.root
+    assert (root / UNIT.lstrip("/")).read_bytes() == (REPO / "systemd/binfmtd.service").read_bytes()
+    man_page = gzip.decompress((root / "usr/share/man/man8/binfmtd.8.gz").read_bytes())
+    assert man_page == (REPO / "docs/binfmtd.8").read_bytes()
+    assert (root / LICENSE.lstrip("/")).read_bytes() == (REPO / "LICENSE").read_bytes()
+
+
+def test_packaged_command_runs(built: Built) -> None:
+    script = built.root / "usr/bin/binfmtd"
+    assert script.read_text().splitlines()[0] in ("#!/usr/bin/python3 -sP", "#!/usr/bin/python3 -s")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                            env=payload_env(built), check=True)
+    assert result.stdout.strip() == f"binfmtd {project_version()}"
+
+
+def test_shipped_config_comments_every_key_with_its_default(built: Built) -> None:
+    shipped = built.root / CONFIG.lstrip("/")
+    assert read_config(shipped, required=True) == Config()  # as shipped: changes nothing
+    text = shipped.read_text()
+    keys = {field.name.replace("_", "-") for field in dataclasses.fields(Config)}
+    commented = re.findall(r"^#([a-z0-9-]+) = ", text, re.MULTILINE)
+    assert sorted(commented) == sorted(keys)
+    # Uncommenting every key line gives the defaults again: each shows its default.
+    uncommented = shipped.parent / "uncommented.toml"
+    uncommented.write_text(re.sub(r"^#([a-z0-9-]+ = )", r"\1", text, flags=re.MULTILINE))
+    assert read_config(uncommented, required=True) == Config()
+
+
+def scriptlet(built: Built, tag: str) -> str:
+    return "\n".join(rpm_query(built.rpm, "--qf", f"%{{{tag}}}"))
+
+
+def test_preun_stops_the_service_then_runs_binfmtd_remove_on_erase(built: Built) -> None:
+    preun = scriptlet(built, "PREUN")
+    assert "/usr/bin/binfmtd remove || :" in preun
+    assert preun.index(f"{HELPER} remove-system-units binfmtd.service") \
+        < preun.index("/usr/bin/binfmtd remove")
+
+
+@pytest.mark.parametrize("argument", ["0", "1"], ids=["erase", "upgrade"])
+def test_preun_takes_the_block_out_of_nix_conf_on_erase_only(
+        built: Built, tmp_path: Path, argument: str) -> None:
+    """The packaged %preun, run by sh as rpm runs it, with the packaged binfmtd in place of
+    /usr/bin/binfmtd and a recording stub for systemd-update-helper, against a copy of
+    nix.conf: on erase the block goes (byte for byte) and nix-daemon is restarted; on
+    upgrade nothing happens."""
+    log = tmp_path / "calls.log"
+    helper = stub(tmp_path / "systemd-update-helper", f'echo "helper $*" >> {log}\n')
+    env = payload_env(built)
+    program = stub(tmp_path / "binfmtd", (
+        f'echo "binfmtd $*" >> {log}\n'
+        f'exec {built.root}/usr/bin/binfmtd "$@"\n'))
+    recorder = stub(tmp_path / "restart", f'echo "restart nix-daemon" >> {log}\n')
+    (tmp_path / "config.toml").write_text(f'restart = ["{recorder}"]\n')
+    (tmp_path / "binfmt_misc").mkdir()
+    original = "# the user's own settings\nsandbox = true\n"
+    block = render_block(["aarch64-linux"], ["/usr/bin/qemu-aarch64-static?"])
+    nix_conf = tmp_path / "nix.conf"
+    nix_conf.write_text(with_block(original, block))
+    assert find_block(nix_conf.read_text()) is not None
+    env.update(BINFMTD_CONFIG=str(tmp_path / "config.toml"), BINFMTD_NIX_CONF=str(nix_conf),
+               BINFMTD_BINFMT_MISC=str(tmp_path / "binfmt_misc"))
+
+    body = scriptlet(built, "PREUN").replace(HELPER, str(helper)).replace(
+        "/usr/bin/binfmtd", str(program))
+    script = tmp_path / "preun.sh"
+    script.write_text(body + "\n")
+    subprocess.run(["/bin/sh", "-e", str(script), argument], env=env, check=True)
+
+    calls = log.read_text().splitlines() if log.exists() else []
+    if argument == "0":
+        assert calls == ["helper remove-system-units binfmtd.service", "binfmtd remove",
+                         "restart nix-daemon"]
+        assert nix_conf.read_text() == original
+    else:
+        assert calls == []
+        assert find_block(nix_conf.read_text()) is not None
+
+
+def test_preun_never_fails_the_erase(built: Built, tmp_path: Path) -> None:
+    failing = stub(tmp_path / "binfmtd", "echo 'binfmtd: error' >&2; exit 2\n")
+    body = scriptlet(built, "PREUN").replace(HELPER, str(tmp_path / "absent")).replace(
+        "/usr/bin/binfmtd", str(failing))
+    result = subprocess.run(["/bin/sh", "-e", "-c", body, "preun", "0"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("tag", "argument", "expected"), [
+    ("POSTIN", "1", ["helper install-system-units binfmtd.service"]),
+    ("POSTIN", "2", []),
+    ("POSTUN", "1", ["helper mark-restart-system-units binfmtd.service"]),
+    ("POSTUN", "0", []),
+])
+def test_systemd_scriptlets(built: Built, tmp_path: Path, tag: str, argument: str,
+                            expected: list[str]) -> None:
+    log = tmp_path / "calls.log"
+    helper = stub(tmp_path / "systemd-update-helper", f'echo "helper $*" >> {log}\n')
+    body = scriptlet(built, tag).replace(HELPER, str(helper))
+    subprocess.run(["/bin/sh", "-e", "-c", body, tag, argument], check=True)
+    assert (log.read_text().splitlines() if log.exists() else []) == expected
+
+
+def stub(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def sitelib_of(built: Built) -> Path:
+    found = sorted(built.root.glob("usr/lib/python3.*/site-packages"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def payload_env(built: Built) -> dict[str, str]:
+    """Run the packaged program as installed: the interpreter its shebang names (the
+    Python the RPM was built for, with binfmtd's dependencies from the distribution),
+    the RPM's own site-packages first on the path."""
+    return dict(os.environ, PYTHONPATH=str(sitelib_of(built)))
