@@ -6,12 +6,19 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 PROC_BINFMT = Path("/proc/sys/fs/binfmt_misc")
 TEST_PREFIX = "binfmtd-test-"
@@ -87,3 +94,19 @@ def nix() -> str:
     require(found is not None, "Nix is not installed (apt-get install nix-bin)")
     assert found is not None
     return found
+
+
+@pytest.fixture(scope="session")
+def debian_package() -> Path:
+    """dist/binfmtd_<version>_all.deb, built once per test run by `make deb`."""
+    require(Path("/etc/debian_version").exists() and shutil.which("dpkg") is not None,
+            "the .deb is built on Debian or Ubuntu only")
+    require(os.geteuid() == 0, "building the .deb installs its build dependencies: root")
+    built = subprocess.run(["make", "deb"], cwd=REPO, capture_output=True, text=True,
+                           timeout=1800, check=False)
+    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+    with open(REPO / "pyproject.toml", "rb") as file:
+        version = tomllib.load(file)["project"]["version"]
+    path = REPO / "dist" / f"binfmtd_{version}_all.deb"
+    assert path.is_file(), built.stdout[-2000:]
+    return path

@@ -47,11 +47,21 @@ def rootfs() -> Path:
 @pytest.fixture
 def machine(rootfs: Path) -> Iterator[Machine]:
     """A freshly booted container on an overlay of the tree; powered off after the test."""
+    yield from _boot(rootfs)
+
+
+@pytest.fixture
+def binfmt_machine(rootfs: Path) -> Iterator[Machine]:
+    """Like `machine`, and the host's binfmt_misc is the container's, read-only."""
+    yield from _boot(rootfs, host_binfmt_misc=True)
+
+
+def _boot(tree: Path, host_binfmt_misc: bool = False) -> Iterator[Machine]:
     with contextlib.ExitStack() as stack:
         try:
-            booted_machine = stack.enter_context(booted(rootfs))
+            booted_machine = stack.enter_context(booted(tree, host_binfmt_misc=host_binfmt_misc))
         except BootFailed as err:
-            unavailable(f"systemd-nspawn cannot boot {rootfs}: {err}")
+            unavailable(f"systemd-nspawn cannot boot {tree}: {err}")
         yield booted_machine
 
 

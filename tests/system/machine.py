@@ -16,7 +16,9 @@ Why these choices (measured on Debian 12, systemd 252, as root in a container):
   `machinectl shell` or `systemd-run -M`; entering every namespace of PID 1 puts the
   command in the container's mount, PID, UTS, IPC and network namespaces.
 - The host's binfmt_misc registrations apply inside (binfmt_misc is per user namespace and
-  the container has none of its own), so there is no need to mount binfmt_misc inside.
+  the container has none of its own), so running foreign binaries needs no mount inside.
+  Listing them does: the container's /proc/sys/fs/binfmt_misc is an empty folder of its
+  own /proc. `booted(..., host_binfmt_misc=True)` binds the host's mount there, read-only.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ CONTAINER_ENV = (
     "SYSTEMD_COLORS=0",
 )
 
-WRAPPER = "#!/usr/bin/python3\nfrom binfmtd.cli import main\nraise SystemExit(main())\n"
+BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
+HOST_BINFMT_MISC = "/run/host-binfmt_misc"  # in the container
 TIMINGS: list[tuple[str, float]] = []  # printed at the end of the pytest run (conftest.py)
 
 
@@ -228,10 +231,12 @@ def _as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 @contextlib.contextmanager
-def booted(tree: Path, overlay: bool = True) -> Iterator[Machine]:
+def booted(tree: Path, overlay: bool = True, host_binfmt_misc: bool = False) -> Iterator[Machine]:
     """Boot `tree` with systemd and yield a Machine once systemd has settled.
 
     overlay=False boots the tree itself, writable: only for preparing a tree on purpose.
+    host_binfmt_misc=True shows the host's binfmt_misc, read-only, at the container's
+    /proc/sys/fs/binfmt_misc from boot on, as a host's own mount would be.
     The container is always powered off (or killed) on exit, also when booting failed.
     """
     name = f"binfmtd-test-{uuid.uuid4().hex[:8]}"
@@ -249,6 +254,17 @@ def booted(tree: Path, overlay: bool = True) -> Iterator[Machine]:
     ]
     if overlay:
         cmd.append("--volatile=overlay")
+    if host_binfmt_misc:
+        # nspawn resolves the source of a bind under /proc inside the container (measured:
+        # --bind-ro=/proc/sys/fs/binfmt_misc binds the container's own empty folder), so
+        # the host's mount goes to /run first and from there over the empty folder.
+        # Read-only, and systemd-binfmt masked: the host owns its registrations (at boot the
+        # container's systemd-binfmt would flush them all and fail on the read-only mount).
+        cmd += [
+            f"--bind-ro={BINFMT_MISC}:{HOST_BINFMT_MISC}",
+            f"--bind-ro={HOST_BINFMT_MISC}:{BINFMT_MISC}",
+            "--bind-ro=/dev/null:/etc/systemd/system/systemd-binfmt.service",
+        ]
     with tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False) as log:
         log_path = Path(log.name)
         start = time.monotonic()
@@ -275,38 +291,14 @@ def booted(tree: Path, overlay: bool = True) -> Iterator[Machine]:
         log_path.unlink(missing_ok=True)
 
 
-def install_binfmtd(machine: Machine, src_root: str | os.PathLike[str] = "/work/main") -> None:
-    """Install binfmtd from a source checkout into the container as the Debian package would.
-
-    The package folder goes to /usr/lib/python3/dist-packages (where Debian's python3
-    finds it without pip), /usr/bin/binfmtd is the usual entry-point wrapper, and the unit
-    file (when the checkout has one) goes to /etc/systemd/system.
-    """
-    root = Path(src_root)
-    package = root / "binfmtd"
-    if package.is_dir():
-        machine.copy_in(package, "/usr/lib/python3/dist-packages/binfmtd")
-        machine.run(
-            [
-                "find",
-                "/usr/lib/python3/dist-packages/binfmtd",
-                "-name",
-                "__pycache__",
-                "-prune",
-                "-exec",
-                "rm",
-                "-rf",
-                "{}",
-                "+",
-            ],
-            quiet=True,
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        wrapper = Path(tmp) / "binfmtd"
-        wrapper.write_text(WRAPPER)
-        wrapper.chmod(0o755)
-        machine.copy_in(wrapper, "/usr/bin/binfmtd")
-    unit = root / "systemd" / "binfmtd.service"
-    if unit.is_file():
-        machine.copy_in(unit, "/etc/systemd/system/binfmtd.service")
-    machine.run(["systemctl", "daemon-reload"])
+def install_binfmtd(machine: Machine, deb: os.PathLike[str]) -> None:
+    """Install the project's .deb into the container as a user would (dpkg -i; its
+    dependencies are in the tree), enabled but not started, so that a test configures it
+    first: a policy-rc.d that says 101 is Debian's way to install without starting."""
+    machine.copy_in(Path(deb), "/tmp/binfmtd.deb")
+    machine.run(["sh", "-c", "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && "
+                             "chmod 755 /usr/sbin/policy-rc.d"])
+    try:
+        machine.run(["dpkg", "-i", "/tmp/binfmtd.deb"])
+    finally:
+        machine.run(["rm", "-f", "/usr/sbin/policy-rc.d"])

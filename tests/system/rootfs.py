@@ -30,6 +30,7 @@ PACKAGES = (
     "python3-psutil",
     "python3-structlog",
     "python3-systemd",
+    "man-db",  # systemd-analyze verify checks the unit's Documentation=man:binfmtd(8)
 )
 CACHE_DIR = Path("/var/cache/binfmtd-tests")
 TREE = CACHE_DIR / f"{SUITE}-rootfs"

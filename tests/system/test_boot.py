@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from machine import Machine, install_binfmtd
 
-REPO = Path(__file__).resolve().parents[2]
 BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
 TEST_ENTRY = "binfmtd-test-aarch64"
 AARCH64_LINE = (
@@ -49,16 +48,20 @@ def test_restart_nix_daemon_changes_main_pid(machine: Machine) -> None:
     assert before != 0 and after != 0 and after != before, (before, after)
 
 
-def test_install_binfmtd_places_files_as_debian_would(machine: Machine) -> None:
-    install_binfmtd(machine, REPO)
-    wrapper = machine.run(["cat", "/usr/bin/binfmtd"]).stdout
-    assert wrapper.startswith("#!/usr/bin/python3\nfrom binfmtd.cli import main\n")
-    machine.run(["test", "-x", "/usr/bin/binfmtd"])
-    if (REPO / "binfmtd" / "__init__.py").is_file():
-        found = machine.run(["python3", "-c", "import binfmtd; print(binfmtd.__file__)"])
-        assert found.stdout.startswith("/usr/lib/python3/dist-packages/binfmtd/")
-    if (REPO / "systemd" / "binfmtd.service").is_file():
-        machine.run(["systemctl", "cat", "binfmtd.service"])
+def test_the_deb_installs_an_enabled_service_in_a_booted_debian(
+    machine: Machine, debian_package: Path
+) -> None:
+    install_binfmtd(machine, debian_package)
+    assert machine.run(["systemctl", "is-enabled", "binfmtd.service"]).stdout.strip() == "enabled"
+    found = machine.run(["python3", "-c", "import binfmtd; print(binfmtd.__file__)"])
+    assert found.stdout.startswith("/usr/lib/python3/dist-packages/binfmtd/")
+    machine.run(["test", "-f", "/usr/share/man/man8/binfmtd.8.gz"])
+    machine.run(["systemctl", "start", "binfmtd.service"])
+    active = machine.run(["systemctl", "is-active", "binfmtd.service"]).stdout.strip()
+    assert active == "active"
+    machine.run(["dpkg", "-r", "binfmtd"])
+    gone = machine.run(["systemctl", "is-active", "binfmtd.service"], check=False)
+    assert gone.stdout.strip() in ("inactive", "unknown")
 
 
 def aarch64_hello_elf() -> bytes:

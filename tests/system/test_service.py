@@ -1,0 +1,275 @@
+"""binfmtd.service in a booted systemd: the unit file, sd_notify, the journal, nix-daemon.
+
+The container sees the host's binfmt_misc read-only (binfmt_machine), as a service on a
+real machine sees its own; a handler registered on the host is the emulator being
+installed. Every registration made here is named binfmtd-test-* and removed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
+
+import pytest
+from machine import TIMINGS, Machine, install_binfmtd
+
+BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
+NIX_CONF = "/etc/nix/nix.conf"
+EXPOSURE_LIMIT = 2.5
+# Debian's qemu-user-static line for loongarch64, under a name only this file uses: other
+# suites register binfmtd-test-aarch64/-riscv64/-s390x on the same host, maybe meanwhile.
+TEST_ENTRY = "binfmtd-test-service-loongarch64"
+PLATFORM = "loongarch64-linux"
+LOONGARCH64_LINE = (
+    rf":{TEST_ENTRY}:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+    r"\x02\x00\x02\x01:\xff\xff\xff\xff\xff\xff\xff\xfc\x00\xff\xff\xff\xff\xff\xff\xff"
+    r"\xfe\xff\xff\xff:/usr/libexec/qemu-binfmt/loongarch64-binfmt-P:OPF"
+)
+# The default allows one nix-daemon restart per 10 s; the test's second change follows
+# its first within a second, and waiting 10 s would prove nothing more.
+CONFIG = "restart-interval-seconds = 1\n"
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], Optional[T]], timeout: float = 3.0) -> T:
+    """Poll `probe` until it returns something other than None; record how long it took."""
+    start = time.monotonic()
+    while True:
+        value = probe()
+        seconds = time.monotonic() - start
+        if value is not None:
+            TIMINGS.append((what, seconds))
+            print(f"timing: {what}: {seconds:.3f} s", flush=True)
+            return value
+        if seconds > timeout:
+            pytest.fail(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.05)
+
+
+def show(machine: Machine, unit: str) -> dict[str, str]:
+    """The properties of `unit` that these tests look at."""
+    props = "ActiveState,SubState,Result,StatusText,MainPID,ExecMainStatus,NRestarts"
+    out = machine.run(["systemctl", "show", "-p", props, unit], quiet=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def managed_platforms(machine: Machine) -> list[str]:
+    """The platforms the managed block in the container's nix.conf declares."""
+    text = machine.run(["cat", NIX_CONF], quiet=True).stdout
+    block = re.search(r"# BEGIN binfmtd managed block.*?# END binfmtd managed block", text, re.S)
+    line = re.search(r"^extra-extra-platforms = (.*)$", block.group(0), re.M) if block else None
+    return line.group(1).split() if line else []
+
+
+def journal(machine: Machine) -> list[dict[str, object]]:
+    out = machine.run(["journalctl", "-u", "binfmtd", "-o", "json", "--no-pager"], quiet=True)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def journal_event(machine: Machine, event: str, **fields: str) -> Optional[dict[str, object]]:
+    """The last binfmtd journal entry with BINFMTD_EVENT=event whose fields contain `fields`."""
+    for entry in reversed(journal(machine)):
+        if entry.get("BINFMTD_EVENT") == event and all(
+            value in str(entry.get(key, "")) for key, value in fields.items()
+        ):
+            return entry
+    return None
+
+
+def emulated(status: str) -> Optional[list[str]]:
+    """The platforms binfmtd's StatusText names, None when it does not read as binfmtd's.
+
+    "nothing emulated" or "2 emulated: a-linux b-linux", maybe followed by "; nix-daemon
+    restart pending" and the like. Other suites' registrations on the host may add
+    platforms at any time, so tests look for theirs, never at the whole list.
+    """
+    first = status.split("; ")[0]
+    if first == "nothing emulated":
+        return []
+    found = re.fullmatch(r"(\d+) emulated: ([a-z0-9_]+-linux(?: [a-z0-9_]+-linux)*)", first)
+    platforms = found.group(2).split() if found else []
+    return platforms if found and int(found.group(1)) == len(platforms) else None
+
+
+def main_pid(machine: Machine, unit: str) -> int:
+    return int(show(machine, unit)["MainPID"])
+
+
+def new_nix_daemon(machine: Machine, old_pid: int) -> Optional[int]:
+    """nix-daemon's MainPID once it is running under another PID than `old_pid`."""
+    pid = main_pid(machine, "nix-daemon.service")
+    return pid if pid not in (0, old_pid) else None
+
+
+def unregister(name: str) -> None:
+    entry = BINFMT_MISC / name
+    if entry.exists():
+        entry.write_text("-1")
+
+
+@contextlib.contextmanager
+def host_registration(tree: Path, line: str, name: str) -> Iterator[None]:
+    """Register `line` in the HOST's binfmt_misc; it is removed again whatever happens.
+
+    The F flag makes the kernel open the interpreter at registration, resolved from the
+    writer's root: the writer runs chrooted into the Debian tree, which has the emulator.
+    The line goes out in one write(2) to the register file opened on the host.
+    """
+    assert name.startswith("binfmtd-test-"), name
+    if not (BINFMT_MISC / "register").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_MISC)], check=True)
+    unregister(name)  # left over by an interrupted run
+    try:
+        fd = os.open(BINFMT_MISC / "register", os.O_WRONLY)
+        try:
+            write_line = "import os, sys; os.write(1, sys.argv[1].encode())"
+            subprocess.run(
+                ["chroot", str(tree), "/usr/bin/python3", "-c", write_line, line],
+                stdout=fd,
+                check=True,
+            )
+        finally:
+            os.close(fd)
+        yield
+    finally:
+        unregister(name)
+    assert not (BINFMT_MISC / name).exists()
+
+
+@pytest.fixture
+def installed(binfmt_machine: Machine, debian_package: Path) -> Machine:
+    """binfmtd installed from its .deb, with CONFIG; not running."""
+    install_binfmtd(binfmt_machine, debian_package)
+    binfmt_machine.run(["mkdir", "-p", "/etc/binfmtd"], quiet=True)
+    binfmt_machine.run(["sh", "-c", "cat > /etc/binfmtd/config.toml"], input=CONFIG, quiet=True)
+    return binfmt_machine
+
+
+@pytest.fixture
+def service(installed: Machine) -> Machine:
+    """binfmtd enabled and started, with a running nix-daemon whose restarts show."""
+    installed.run(["systemctl", "start", "nix-daemon.service"])
+    installed.run(["systemctl", "enable", "--now", "binfmtd.service"])
+    return installed
+
+
+def test_unit_file_verifies(installed: Machine) -> None:
+    result = installed.run(
+        ["systemd-analyze", "verify", "/lib/systemd/system/binfmtd.service"], check=False
+    )
+    output = result.stdout + result.stderr
+    about_us = [line for line in output.splitlines() if "binfmtd" in line]
+    assert result.returncode == 0 and not about_us, output
+
+
+def test_security_exposure(installed: Machine) -> None:
+    start = time.monotonic()
+    result = installed.run(["systemd-analyze", "security", "--no-pager", "binfmtd.service"])
+    found = re.search(r"Overall exposure level for binfmtd\.service: (\d+\.\d+)", result.stdout)
+    assert found, result.stdout
+    score = float(found.group(1))
+    print(f"systemd-analyze security binfmtd.service: exposure {score}")
+    TIMINGS.append((f"systemd-analyze security: exposure {score}", time.monotonic() - start))
+    assert score <= EXPOSURE_LIMIT, result.stdout
+
+
+def test_enable_now_reaches_active_and_says_what_is_emulated(service: Machine) -> None:
+    props = show(service, "binfmtd.service")
+    assert (props["ActiveState"], props["SubState"]) == ("active", "running"), props
+    status = props["StatusText"]
+    assert emulated(status) is not None, props
+    assert "waiting for binfmt_misc" not in status and "error" not in status, props
+    enabled = service.run(["systemctl", "is-enabled", "binfmtd.service"]).stdout.strip()
+    assert enabled == "enabled"
+
+
+def test_binfmt_misc_mounted_after_start_is_seen(machine: Machine,
+                                                debian_package: Path) -> None:
+    """The daemon waits for a late mount; the unit's sandbox must let the mount reach it."""
+    install_binfmtd(machine, debian_package)
+    # Masked, so that starting binfmtd (Wants= it) does not mount binfmt_misc first.
+    machine.run(["systemctl", "mask", "proc-sys-fs-binfmt_misc.mount"])
+    machine.run(["systemctl", "start", "binfmtd.service"])
+    status = show(machine, "binfmtd.service")["StatusText"]
+    assert "waiting for binfmt_misc to be mounted" in status, status
+    # Read-only: the container's binfmt_misc is the host's.
+    mount = ["mount", "-t", "binfmt_misc", "-o", "ro", "binfmt_misc", str(BINFMT_MISC)]
+    machine.run(mount)
+
+    def status_once_mounted() -> Optional[str]:
+        status = show(machine, "binfmtd.service")["StatusText"]
+        return None if "waiting for binfmt_misc" in status else status
+
+    seen = wait_for("binfmtd sees binfmt_misc mounted after it started", status_once_mounted)
+    assert emulated(seen) is not None, seen
+    assert journal_event(machine, "binfmt_misc.mounted") is not None, seen
+
+
+def test_registration_updates_nix_conf_and_restarts_nix_daemon(
+    service: Machine, rootfs: Path
+) -> None:
+    if PLATFORM in show(service, "binfmtd.service")["StatusText"]:
+        pytest.skip(f"the host already emulates {PLATFORM}: registering it proves nothing")
+    first_pid = main_pid(service, "nix-daemon.service")
+    assert first_pid != 0
+
+    with host_registration(rootfs, LOONGARCH64_LINE, TEST_ENTRY):
+        wait_for(
+            f"{PLATFORM} in nix.conf after registration",
+            lambda: PLATFORM in managed_platforms(service) or None,
+        )
+        second_pid = wait_for(
+            "nix-daemon restarted after registration", lambda: new_nix_daemon(service, first_pid)
+        )
+        status = show(service, "binfmtd.service")["StatusText"]
+        assert PLATFORM in (emulated(status) or []), status
+        written = wait_for(
+            f"journal entry nixconf.written with {PLATFORM}",
+            lambda: journal_event(service, "nixconf.written", PLATFORMS=PLATFORM),
+        )
+        assert written["PATH"] == NIX_CONF and written["SYSLOG_IDENTIFIER"] == "binfmtd"
+        assert written["_SYSTEMD_UNIT"] == "binfmtd.service", written
+
+    wait_for(
+        f"{PLATFORM} out of nix.conf after removal",
+        lambda: PLATFORM not in managed_platforms(service) or None,
+    )
+    wait_for("nix-daemon restarted after removal", lambda: new_nix_daemon(service, second_pid))
+    props = show(service, "binfmtd.service")
+    platforms = emulated(props["StatusText"])
+    assert platforms is not None and PLATFORM not in platforms, props
+    assert (props["ActiveState"], props["NRestarts"]) == ("active", "0"), props
+
+
+def test_journal_has_structured_fields(service: Machine) -> None:
+    ready = wait_for("journal entry daemon.ready", lambda: journal_event(service, "daemon.ready"))
+    assert ready["SYSLOG_IDENTIFIER"] == "binfmtd" and ready["PRIORITY"] == "6", ready
+    assert "PLATFORMS" in ready and str(ready["MESSAGE"]).startswith("daemon.ready"), ready
+    assert ready["_SYSTEMD_UNIT"] == "binfmtd.service", ready
+
+
+def test_reload_keeps_it_active(service: Machine) -> None:
+    pid = main_pid(service, "binfmtd.service")
+    service.run(["systemctl", "reload", "binfmtd.service"])
+    wait_for("journal entry config.reloaded", lambda: journal_event(service, "config.reloaded"))
+    props = show(service, "binfmtd.service")
+    assert (props["ActiveState"], props["SubState"]) == ("active", "running"), props
+    assert int(props["MainPID"]) == pid, props
+
+
+def test_stop_ends_with_success(service: Machine) -> None:
+    service.run(["systemctl", "stop", "binfmtd.service"])
+    props = show(service, "binfmtd.service")
+    assert (props["ActiveState"], props["SubState"]) == ("inactive", "dead"), props
+    assert (props["Result"], props["ExecMainStatus"]) == ("success", "0"), props
+    failed = service.run(["systemctl", "is-failed", "binfmtd.service"], check=False)
+    assert failed.stdout.strip() == "inactive", failed
+    assert journal_event(service, "daemon.stopped") is not None
