@@ -69,6 +69,7 @@ else
 fi
 rm -rf "$src/debian"
 cp -a "$here" "$src/debian"
+cp "$here/../config.toml" "$src/debian/config.toml"  # one default config for both packages
 rm -f "$src/debian/build.sh"
 
 echo "build.sh: dpkg-buildpackage in $src"

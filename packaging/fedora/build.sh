@@ -68,7 +68,7 @@ for wanted in systemd/binfmtd.service docs/binfmtd.8 LICENSE README.md; do
         || die "the sdist lacks $wanted: the repository's MANIFEST.in must include it"
 done
 cp "$spec" "$topdir/SPECS/"
-cp "$here/config.toml" "$topdir/SOURCES/"
+cp "$here/../config.toml" "$topdir/SOURCES/"  # one default config for both packages
 
 # --- stand-ins for Fedora's macro packages, only where the real ones are missing ------------
 args=(--define "_topdir $topdir")
