@@ -33,12 +33,12 @@ DEBIAN_AARCH64_MASK = (
 )
 
 
-def require(condition: bool, reason: str) -> None:
+def require(condition: object, reason: str) -> None:
     """Skip a test whose real part is missing; in CI fail instead, so green means proven."""
     if condition:
         return
     if IN_CI:
-        pytest.fail(f"CI needs this real part: {reason}")
+        pytest.fail(f"CI needs this real part: {reason}", pytrace=False)
     pytest.skip(reason)
 
 

@@ -20,22 +20,14 @@ import pytest
 from builders import FetchError, static_busybox
 from nixtest import BuildResult, NixClient, NixDaemon, running_daemons
 
+from tests.conftest import require
+
 BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
 TEST_PREFIX = "binfmtd-test-"
-CI = os.environ.get("CI") == "true"
 PR_SET_CHILD_SUBREAPER = 36
 
 Timed = Callable[[str], AbstractContextManager[None]]
 _timings: list[tuple[str, str, float]] = []
-
-
-def require(ok: object, reason: str) -> None:
-    """Fail in CI, skip elsewhere, when a part the e2e tests need is missing."""
-    if ok:
-        return
-    if CI:
-        pytest.fail(f"e2e prerequisite missing: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def _subreaper(on: bool) -> None:

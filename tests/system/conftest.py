@@ -18,14 +18,15 @@ import pytest
 import rootfs as rootfs_mod
 from machine import TIMINGS, BootFailed, Machine, booted
 
+from tests.conftest import require
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def unavailable(reason: str) -> NoReturn:
     """Skip outside CI; in CI (CI=true) fail with the reason, without a traceback."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"system test infrastructure unavailable in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
+    require(False, f"system test infrastructure unavailable: {reason}")
+    raise AssertionError("require() raises")
 
 
 @pytest.fixture(scope="session")
