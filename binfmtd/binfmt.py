@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -101,7 +102,7 @@ def _parse_magic_lines(lines: list[str]) -> Union[str, tuple[int, bytes, Optiona
     offset_text = _value(lines[0], "offset ")
     magic = _hex_value(lines[1], "magic ")
     mask = _hex_value(lines[2], "mask ") if len(lines) == 3 else None
-    if offset_text is None or not offset_text.lstrip("-").isdigit():
+    if offset_text is None or not re.fullmatch(r"-?[0-9]+", offset_text):  # ASCII only
         return f"has a bad offset line {lines[0]!r}"
     if magic is None or (len(lines) == 3 and mask is None):
         return "has a magic or mask that is not hexadecimal"

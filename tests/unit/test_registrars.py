@@ -127,6 +127,8 @@ def test_disabled_binfmt_misc_declares_nothing() -> None:
         ("enabled\ninterpreter /x\nflags: F\noffset 0\nmagic zz\n", "not hexadecimal"),
         ("enabled\ninterpreter /x\nflags: F\noffset 0\nmagic 7f45\nmask ff\n", "length differs"),
         ("enabled\ninterpreter /x\nflags: F\noffset x\nmagic 7f45\n", "bad offset"),
+        # found by hypothesis: '¹'.isdigit() is True, int('¹0') raises
+        ("enabled\ninterpreter /x\nflags: F\noffset \u00b90\nmagic 7f45\n", "bad offset"),
         ("enabled\ninterpreter /x\nflags: F\noffset 0\nmagic 7f\nmask ff\nextra\n",
          "unexpected lines"),
         ("enabled\ninterpreter /x\nflags: F\nextension .exe\nmore\n", "after its extension"),
