@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Optional
+from typing import BinaryIO, Callable, Optional
 
 from . import inotify
 from .config import Config, read_config
@@ -108,7 +108,7 @@ class Daemon:
             self.inotify.close()
         return 0
 
-    def _wait(self, wakeup_fd: int, mounts: Any) -> None:
+    def _wait(self, wakeup_fd: int, mounts: BinaryIO) -> None:
         timeout = self._timeout()
         # The mount table is only watched while binfmt_misc is not: it is the one
         # change that has no inotify event (mountinfo raises POLLPRI instead).
