@@ -108,7 +108,7 @@ def cmd_status(args: argparse.Namespace, host: Host, config: Config) -> int:
     from .status import gather_report
 
     world = read_world(host, config)
-    report = gather_report(world, plan_for(world, config, host), host)
+    report = gather_report(world, plan_for(world, config, host), host, config)
     _print_report(report, args.json, to_json, to_text)
     return EXIT_OK if report.healthy else EXIT_ATTENTION
 
@@ -130,7 +130,7 @@ def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
         sys.stdout.write(unified_diff(world, planned.text))
     if args.check:
         if args.json:
-            report = gather_report(world, planned, host, ask_nix=False)
+            report = gather_report(world, planned, host, config, ask_nix=False)
             print(json.dumps(to_json(report, changed=planned.text is not None), indent=2))
         _warn_problems(planned.problems)
         return EXIT_ATTENTION if planned.text is not None or missing else EXIT_OK
@@ -138,7 +138,7 @@ def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
     _warn_problems(planned.problems)
     if args.json:
         after = read_world(host, config)
-        report = gather_report(after, plan_for(after, config, host), host)
+        report = gather_report(after, plan_for(after, config, host), host, config)
         print(json.dumps(to_json(report, changed=outcome.written, restart=outcome.restart),
                          indent=2))
     elif not args.diff:
@@ -214,7 +214,7 @@ def cmd_doctor(args: argparse.Namespace, host: Host, config: Config) -> int:
 
     world = read_world(host, config)
     planned = plan_for(world, config, host)
-    report = gather_report(world, planned, host)
+    report = gather_report(world, planned, host, config)
     systems = tuple(sorted(set(planned.platforms) | set(config.emulated_systems)))
     diagnoses = doctor.diagnose(report, systems, as_root=os.geteuid() == 0)
     print(json.dumps(doctor.to_json(diagnoses), indent=2) if args.json

@@ -26,7 +26,7 @@ from .config import Config, read_config
 from .errors import BinfmtdError
 from .host import Host, apply_plan, plan_for, read_world
 from .log import get_logger
-from .nixdaemon import restart_nix_daemon
+from .nixdaemon import restart_nix_daemon, restart_spacing, systemd_running
 from .notify import sd_notify
 from .reconcile import Plan
 
@@ -68,7 +68,7 @@ class Daemon:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.host = host
         self.config = config
-        self.restart_enabled = restart and config.restart is not None
+        self.restart_allowed = restart  # --no-restart says False
         self.clock = clock
         self.log = get_logger()
         self.inotify = inotify.Inotify()
@@ -82,6 +82,7 @@ class Daemon:
         self.restart_at: Optional[float] = None
         self.last_restart = -math.inf
         self.restart_failures = 0
+        self.restart_gap = self._restart_gap()
         self.watchdog_every = watchdog_interval(dict(os.environ))
         self.watchdog_at = clock() + self.watchdog_every if self.watchdog_every else None
         self.platforms: tuple[str, ...] = ()
@@ -90,6 +91,10 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.sent_status: Optional[str] = None
+
+    @property
+    def restart_enabled(self) -> bool:
+        return self.restart_allowed and self.config.restart is not None
 
     # --- the loop ---------------------------------------------------------------
 
@@ -253,8 +258,7 @@ class Daemon:
         except BinfmtdError as error:
             self._set_error(str(error))
         if self.restart_owed and self.restart_at is None:
-            self.restart_at = max(self.clock(), self.last_restart
-                                  + self.config.restart_interval_seconds)
+            self.restart_at = max(self.clock(), self.last_restart + self.restart_gap)
         self._notify_status()
 
     def _report(self, planned: Plan) -> None:
@@ -271,6 +275,19 @@ class Daemon:
             self.log.error("reconcile.failed", error=error,
                            retry="on the next change, or at the next resync")
         self.error = error
+
+    def _restart_gap(self) -> float:
+        """restart-interval-seconds, widened where systemd's start limit for the unit
+        would otherwise fail nix-daemon (and its socket) for good."""
+        gap = self.config.restart_interval_seconds
+        unit = self.config.restart
+        if self.restart_enabled and isinstance(unit, str) and systemd_running():
+            needed = restart_spacing(unit)
+            if needed > gap:
+                self.log.info("restart.paced", unit=unit, seconds=round(needed, 2),
+                              reason="systemd's start limit for the unit")
+                gap = needed
+        return gap
 
     def restart_nix_daemon(self) -> None:
         self.restart_at = None
@@ -295,6 +312,7 @@ class Daemon:
         _notify_quietly(f"RELOADING=1\nMONOTONIC_USEC={now_usec}")
         try:
             self.config = read_config(self.host.config, required=self.host.config_required)
+            self.restart_gap = self._restart_gap()
             self.log.info("config.reloaded", path=str(self.host.config))
         except BinfmtdError as error:
             self.log.error("config.rejected", error=str(error), keeping="the previous config")

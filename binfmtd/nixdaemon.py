@@ -7,10 +7,12 @@ reloading), so "does Nix see the new platforms" is "did it start after the write
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Optional
 
 from .config import RestartPolicy
+from .errors import BinfmtdError
 from .proc import run_program
 
 # psutil derives start times from the boot time, which /proc/stat gives in whole seconds.
@@ -81,4 +83,76 @@ def restart_nix_daemon(policy: RestartPolicy) -> str:
     if isinstance(policy, str) and not systemd_running():
         return "not restarted: systemd is not running here; restart nix-daemon yourself"
     run_program(argv, timeout=120)
+    if isinstance(policy, str):
+        # try-restart of a failed unit does nothing and succeeds: look, rather than trust it.
+        failed = failed_units(policy)
+        if failed:
+            raise BinfmtdError(failed)
     return f"restarted ({' '.join(argv)})"
+
+
+def socket_unit(unit: str) -> str:
+    """nix-daemon.service is started through nix-daemon.socket."""
+    return unit[: -len(".service")] + ".socket" if unit.endswith(".service") else unit
+
+
+def failed_units(unit: str) -> Optional[str]:
+    """What is wrong when nix-daemon's service or socket unit has failed, else None.
+
+    systemd's start limit (5 starts in 10 s by default) fails both units for good; every
+    Nix client then gets "Connection refused".
+    """
+    units = [unit, socket_unit(unit)] if socket_unit(unit) != unit else [unit]
+    shown = run_program(["systemctl", "show", "--property=Id,ActiveState,Result", *units],
+                        check=False, timeout=30).stdout
+    failed = [f"{u['Id']} ({u.get('Result', '?')})" for u in parse_show(shown)
+              if u.get("ActiveState") == "failed"]
+    if not failed:
+        return None
+    return (f"{', '.join(failed)} failed: Nix is down; bring it back with "
+            f"systemctl reset-failed {' '.join(units)} && systemctl start {units[-1]}")
+
+
+def parse_show(text: str) -> list[dict[str, str]]:
+    """`systemctl show` output: one KEY=value block per unit, blank lines between."""
+    blocks: list[dict[str, str]] = [{}]
+    for line in text.splitlines():
+        if not line.strip():
+            if blocks[-1]:
+                blocks.append({})
+            continue
+        key, _, value = line.partition("=")
+        blocks[-1][key] = value
+    return [block for block in blocks if block]
+
+
+def parse_timespan(text: str) -> Optional[float]:
+    """Seconds in a systemd time span as `systemctl show` prints it ("10s", "1min 30s",
+    "500ms"); None for "infinity" or what it cannot read."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", text):
+        if unit not in units and unit != "":
+            return None
+        total += float(number) * units.get(unit, 1e-6)  # a bare number is microseconds
+    return total if text.strip() and text.strip() != "infinity" else None
+
+
+def start_limit_spacing(interval: Optional[float], burst: int) -> float:
+    """The gap between restarts that keeps clear of systemd's start limit (burst starts
+    per interval), with one start to spare for socket activation or an admin."""
+    if not interval or burst <= 0:
+        return 0.0
+    return interval / max(1, burst - 2)
+
+
+def restart_spacing(unit: str) -> float:
+    """start_limit_spacing() for this unit, as systemd has it configured now; 0 if unknown."""
+    shown = run_program(["systemctl", "show", "--property=StartLimitIntervalUSec,"
+                         "StartLimitBurst", unit], check=False, timeout=30).stdout
+    values = parse_show(shown)
+    if not values:
+        return 0.0
+    burst = values[0].get("StartLimitBurst", "")
+    interval = parse_timespan(values[0].get("StartLimitIntervalUSec", ""))
+    return start_limit_spacing(interval, int(burst)) if burst.isdigit() else 0.0

@@ -26,11 +26,12 @@ class Report:
     daemons: tuple[DaemonProcess, ...]
     stale_daemons: tuple[DaemonProcess, ...]
     nix_installed: bool = True
+    unit_failure: Optional[str] = None  # nix-daemon's systemd units have failed
 
     @property
     def healthy(self) -> bool:
         return (self.nix_installed and self.plan.in_sync and not self.plan.problems
-                and not self.stale_daemons)
+                and not self.stale_daemons and self.unit_failure is None)
 
 
 def _interpreter_kind(verdict: Verdict) -> Optional[str]:
@@ -62,7 +63,8 @@ def to_json(report: Report, **extra: Any) -> dict[str, Any]:
         "effective": report.effective,
         "nix_installed": report.nix_installed,
         "nix_daemon": {"pids": [d.pid for d in report.daemons],
-                       "restart_needed": bool(report.stale_daemons)},
+                       "restart_needed": bool(report.stale_daemons),
+                       "failed": report.unit_failure},
         **extra,
     }
 
@@ -131,6 +133,8 @@ def _effective_lines(report: Report) -> list[str]:
 
 
 def _daemon_lines(report: Report) -> list[str]:
+    if report.unit_failure:
+        return [f"nix-daemon   {report.unit_failure}"]
     if not report.daemons:
         return ["nix-daemon   not running (a socket-activated daemon starts with the new file)"]
     stale = {d.pid for d in report.stale_daemons}
@@ -150,6 +154,8 @@ def _verdict_line(report: Report) -> str:
         return "cannot edit nix.conf: see the problem above"
     if not plan.in_sync:
         return "OUT OF SYNC: run `binfmtd sync`"
+    if report.unit_failure:
+        return "in sync, but nix-daemon has failed (see above)"
     if report.stale_daemons:
         return "in sync, but nix-daemon has not read it yet: restart nix-daemon"
     if plan.problems:

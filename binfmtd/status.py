@@ -6,15 +6,17 @@ import contextlib
 import os
 from typing import Optional
 
+from .config import Config
 from .errors import BinfmtdError
 from .host import Host, World
-from .nixdaemon import find_nix_daemons, started_before
+from .nixdaemon import failed_units, find_nix_daemons, started_before, systemd_running
 from .nixtool import find_nix, validate_candidate
 from .reconcile import Plan
 from .report import Report
 
 
-def gather_report(world: World, planned: Plan, host: Host, *, ask_nix: bool = True) -> Report:
+def gather_report(world: World, planned: Plan, host: Host, config: Config, *,
+                  ask_nix: bool = True) -> Report:
     effective: Optional[dict[str, str]] = None
     effective_error = None
     nix = find_nix() if ask_nix else None
@@ -26,6 +28,8 @@ def gather_report(world: World, planned: Plan, host: Host, *, ask_nix: bool = Tr
             effective_error = str(error)
     daemons = tuple(find_nix_daemons(str(host.nix_conf.parent)))
     nix_installed = nix is not None or world.managed.parent.is_dir()
+    unit = config.restart
+    unit_failure = failed_units(unit) if isinstance(unit, str) and systemd_running() else None
     changed = _last_change(world)
     stale = tuple(d for d in daemons if changed is not None and started_before(d, changed))
     return Report(
@@ -39,6 +43,7 @@ def gather_report(world: World, planned: Plan, host: Host, *, ask_nix: bool = Tr
         daemons=daemons,
         stale_daemons=stale,
         nix_installed=nix_installed,
+        unit_failure=unit_failure,
     )
 
 
