@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -23,7 +22,6 @@ from nixtest import BuildResult, NixClient, NixDaemon, running_daemons
 from tests.conftest import require
 
 BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
-TEST_PREFIX = "binfmtd-test-"
 PR_SET_CHILD_SUBREAPER = 36
 
 Timed = Callable[[str], AbstractContextManager[None]]
@@ -113,42 +111,15 @@ def nix_build(nix_client: NixClient) -> Callable[[str, Path, str], BuildResult]:
 
 
 @pytest.fixture
-def register_handler() -> Iterator[Callable[[str, str], Path]]:
-    """register_handler(name, line) registers `line` in the real binfmt_misc.
-
-    The name must start with binfmtd-test- so that nothing else is ever touched; every
-    entry is removed at teardown, whatever the test did.
-    """
-    registered: list[Path] = []
-
+def register_handler(real_binfmt: Callable[[str], str]) -> Callable[[str, str], Path]:
+    """register_handler(name, line) registers `line` in the real binfmt_misc, through the
+    suite's real_binfmt fixture (binfmtd-test-* names only, always removed at teardown)."""
     def register(name: str, line: str) -> Path:
-        assert name.startswith(TEST_PREFIX), f"{name!r} must start with {TEST_PREFIX}"
         fields = line.split(line[0])
         assert fields[1] == name, f"the line registers {fields[1]!r}, not {name!r}"
-        interpreter = fields[6]
-        require(Path(interpreter).exists(),
-                f"{interpreter} missing (apt-get install qemu-user-static)")
-        _mount_binfmt_misc()
-        entry = BINFMT_MISC / name
-        if entry.exists():  # left over from an interrupted run: registering would EEXIST
-            entry.write_text("-1")
-        (BINFMT_MISC / "register").write_text(line)
-        registered.append(entry)
-        return entry
+        require(Path(fields[6]).exists(),
+                f"{fields[6]} missing (apt-get install qemu-user-static)")
+        real_binfmt(line)
+        return BINFMT_MISC / name
 
-    try:
-        yield register
-    finally:
-        for entry in registered:
-            if entry.exists():
-                entry.write_text("-1")
-        left = [e.name for e in registered if e.exists()]
-        assert not left, f"binfmt_misc entries left: {left}"
-
-
-def _mount_binfmt_misc() -> None:
-    if (BINFMT_MISC / "register").exists():
-        return
-    subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_MISC)])
-    require((BINFMT_MISC / "register").exists(),
-            f"binfmt_misc is not mounted at {BINFMT_MISC} and mounting it failed")
+    return register
