@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from . import __version__
 from .config import Config, read_config
@@ -109,7 +109,7 @@ def cmd_status(args: argparse.Namespace, host: Host, config: Config) -> int:
 
     world = read_world(host, config)
     report = gather_report(world, plan_for(world, config, host), host, config)
-    _print_report(report, args.json, to_json, to_text)
+    print(json.dumps(to_json(report), indent=2) if args.json else to_text(report))
     return EXIT_OK if report.healthy else EXIT_ATTENTION
 
 
@@ -129,11 +129,12 @@ def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
     if args.diff and planned.text is not None:
         sys.stdout.write(unified_diff(world, planned.text))
     if args.check:
+        would_change = planned.text is not None or bool(missing)
         if args.json:
             report = gather_report(world, planned, host, config, ask_nix=False)
-            print(json.dumps(to_json(report, changed=planned.text is not None), indent=2))
+            print(json.dumps(to_json(report, changed=would_change), indent=2))
         _warn_problems(planned.problems)
-        return EXIT_ATTENTION if planned.text is not None or missing else EXIT_OK
+        return EXIT_ATTENTION if would_change else EXIT_OK
     outcome = apply_plan(world, planned, config, host, restart=not args.no_restart)
     _warn_problems(planned.problems)
     if args.json:
@@ -185,7 +186,7 @@ def cmd_register(args: argparse.Namespace, host: Host, config: Config) -> int:
         outcome = register_system(system, plan_for(world, config, host), host, config)
         print(f"{system}: {outcome.message}")
         outcomes.append(outcome)
-    _sync_quietly(host, config, restart=not args.no_restart)
+    _sync_after_registering(host, config, restart=not args.no_restart)
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_ATTENTION
 
 
@@ -194,12 +195,12 @@ def cmd_unregister(args: argparse.Namespace, host: Host, config: Config) -> int:
 
     for system in args.systems:
         print(f"{system}: {unregister_system(system, host, config).message}")
-    _sync_quietly(host, config, restart=not args.no_restart)
+    _sync_after_registering(host, config, restart=not args.no_restart)
     return EXIT_OK
 
 
-def _sync_quietly(host: Host, config: Config, *, restart: bool) -> None:
-    """After (un)registering, nix.conf follows at once, as `binfmtd sync` would."""
+def _sync_after_registering(host: Host, config: Config, *, restart: bool) -> None:
+    """After (un)registering, nix.conf follows at once, as after `binfmtd sync`."""
     world = read_world(host, config)
     planned = plan_for(world, config, host)
     if planned.blocked:
@@ -250,10 +251,6 @@ def unified_diff(world: World, new_text: str) -> str:
         old.splitlines(keepends=True), new_text.splitlines(keepends=True),
         fromfile=name, tofile=f"{name} (binfmtd)",
     ))
-
-
-def _print_report(report: Any, as_json: bool, to_json: Any, to_text: Any) -> None:
-    print(json.dumps(to_json(report), indent=2) if as_json else to_text(report))
 
 
 def _warn_problems(problems: Sequence[object]) -> None:
