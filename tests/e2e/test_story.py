@@ -191,3 +191,43 @@ def test_a_build_in_flight_survives_the_restart(
         long_build.join(timeout=120)
     assert results and results[0].returncode == 0, results[0].stderr if results else "no result"
     assert results[0].output == "aarch64\n"
+
+
+def test_register_doctor_build_unregister(
+    nix_daemon: NixDaemon, nix_build: Build, busybox: Busybox, binfmtd: Binfmtd,
+    tmp_path: Path, timed: Timed,
+) -> None:
+    """The NixOS-like story: declare the systems, prove them, build, and take it all back."""
+    prefix = "binfmtd-test-e2e-"
+    binfmt_d = tmp_path / "binfmt.d"
+    binfmt_d.mkdir()
+    binfmtd.env["BINFMTD_BINFMT_D"] = str(binfmt_d)
+    binfmtd.config.write_text(binfmtd.config.read_text()
+                              + f'registration-prefix = "{prefix}"\n')
+    conf_before = nix_daemon.conf_path.read_text()
+    systems = {"aarch64-linux": "arm64", "riscv64-linux": "riscv64"}
+    try:
+        with timed("binfmtd register aarch64-linux riscv64-linux"):
+            registered = binfmtd("register", *systems)
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        with timed("binfmtd doctor"):
+            doctor = binfmtd("doctor", "--json")
+        report = {p["system"]: p["ok"] for p in json.loads(doctor.stdout)["platforms"]}
+        assert report.get("aarch64-linux") and report.get("riscv64-linux"), doctor.stdout
+        for system, arch in systems.items():
+            with timed(f"{system} build after register"):
+                built = nix_build(system, busybox(arch), SCRIPT)
+            assert built.returncode == 0, built.stderr
+            assert built.output is not None and built.output.split()[0] == system.split("-")[0]
+        with timed("binfmtd unregister"):
+            assert binfmtd("unregister", *systems).returncode == 0
+        assert nix_daemon.conf_path.read_text() == conf_before
+        assert list(binfmt_d.iterdir()) == []
+        left = [p.name for p in Path("/proc/sys/fs/binfmt_misc").iterdir()
+                if p.name.startswith(prefix)]
+        assert left == []
+        refused = nix_build("aarch64-linux", busybox("arm64"), SCRIPT)
+        assert not_declared("aarch64-linux") in refused.stderr, refused.stderr
+    finally:
+        for entry in Path("/proc/sys/fs/binfmt_misc").glob(prefix + "*"):
+            entry.write_text("-1")
