@@ -14,6 +14,7 @@ from .binfmt import BinfmtState, Handler, MalformedEntry
 from .config import Config
 from .interpreters import Interpreter
 from .nixconf import (
+    Block,
     BrokenBlock,
     find_block,
     parse_settings,
@@ -85,7 +86,6 @@ def plan(
     platforms = tuple(sorted({p for v in verdicts for p in v.platforms}))
     sandbox_paths = tuple(sorted({p for v in verdicts for p in v.sandbox_paths}))
     problems = [Problem(v.name, text) for v in verdicts for text in v.problems]
-    notes = list(_user_platform_notes(conf_text))
     for system in config.emulated_systems:
         if system not in platforms and binfmt.mounted:
             problems.append(Problem(system, "is in emulated-systems but no working handler "
@@ -102,6 +102,7 @@ def plan(
         blocked = f"{conf_name} {error}"
         problems.append(Problem(conf_name, str(error)))
         block, new_text = None, None
+    notes = _user_platform_notes(conf_text, block)
     for setting in settings_after_block(conf_text) if block else ():
         problems.append(Problem(conf_name, f"line {setting.line} sets {setting.key} after the "
                                 "binfmtd block and overrides it; sync moves the block last"))
@@ -121,12 +122,8 @@ def plan(
     )
 
 
-def _user_platform_notes(conf_text: str) -> list[str]:
+def _user_platform_notes(conf_text: str, block: Optional[Block]) -> list[str]:
     """Point out a user's own `extra-platforms =` line: it drops Nix's default list."""
-    try:
-        block = find_block(conf_text)
-    except BrokenBlock:
-        block = None
     before = conf_text[:block.start] if block else conf_text
     return [
         f"line {s.line}: `extra-platforms = {s.value}` replaces Nix's default extra "
