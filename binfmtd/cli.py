@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="what is registered and what Nix is told")
     status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument("-v", "--verbose", action="store_true",
+                        help="show each handler Nix has no system for on its own line")
 
     sync = commands.add_parser("sync", help="bring nix.conf in line once, then exit")
     sync.add_argument("--check", action="store_true",
@@ -109,7 +111,8 @@ def cmd_status(args: argparse.Namespace, host: Host, config: Config) -> int:
 
     world = read_world(host, config)
     report = gather_report(world, plan_for(world, config, host), host, config)
-    print(json.dumps(to_json(report), indent=2) if args.json else to_text(report))
+    print(json.dumps(to_json(report), indent=2) if args.json
+          else to_text(report, verbose=args.verbose))
     return EXIT_OK if report.healthy else EXIT_ATTENTION
 
 

@@ -48,6 +48,7 @@ class Verdict:
     note: Optional[str] = None  # why it declares nothing, when that is normal
     problems: tuple[str, ...] = ()
     interpreter: Optional[Interpreter] = None
+    no_nix_system: bool = False  # a machine Nix has no system for: status folds these
 
 
 @dataclass(frozen=True)
@@ -153,28 +154,30 @@ def judge_entry(
     identity = decode_magic(handler.magic, handler.mask, handler.offset)
     if not isinstance(identity, ElfIdentity):
         return Verdict(handler.name, handler, note=identity.reason)
-    systems, note = _systems_for(identity, config, host_system)
+    systems, note, no_nix_system = _systems_for(identity, config, host_system)
     if not systems:
-        return Verdict(handler.name, handler, note=note)
+        return Verdict(handler.name, handler, note=note, no_nix_system=no_nix_system)
     interpreter = interpreters.get(handler.interpreter, Interpreter(handler.interpreter, False))
     return _with_interpreter(handler, systems, interpreter)
 
 
 def _systems_for(
     identity: ElfIdentity, config: Config, host_system: str
-) -> tuple[tuple[str, ...], Optional[str]]:
+) -> tuple[tuple[str, ...], Optional[str], bool]:
+    """The systems to declare, else why none, and whether that is because Nix has no
+    system for the machine at all (common and harmless, so status folds those)."""
     system = nix_system(identity)
     if system is None:
-        return (), f"Nix has no system for {identity.describe()} binaries"
+        return (), f"Nix has no system for {identity.describe()} binaries", True
     if system == host_system:
-        return (), f"{system} is this host's own system"
+        return (), f"{system} is this host's own system", False
     if system == "i686-linux" and host_system == "x86_64-linux" and not config.declare_i686:
-        return (), "x86_64 hosts run i686-linux natively (see declare-i686)"
+        return (), "x86_64 hosts run i686-linux natively (see declare-i686)", False
     systems = [system]
     if system == "armv7l-linux" and config.declare_armv6l:
         systems.append("armv6l-linux")
     wanted = tuple(s for s in systems if s not in config.ignore_platforms)
-    return wanted, None if wanted else f"{system} is in ignore-platforms"
+    return wanted, None if wanted else f"{system} is in ignore-platforms", False
 
 
 def _with_interpreter(

@@ -85,15 +85,23 @@ def _handler_json(verdict: Verdict) -> dict[str, Any]:
     }
 
 
-def to_text(report: Report) -> str:
-    """The status page: every handler, what nix.conf says, what Nix and its daemon see."""
+def to_text(report: Report, verbose: bool = False) -> str:
+    """The status page: every handler, what nix.conf says, what Nix and its daemon see.
+
+    Handlers for machines Nix has no system for (Debian registers a dozen) say nothing a
+    user can act on, so they share one line unless `verbose` asks for each one.
+    """
     plan = report.plan
     state = "not mounted" if not report.mounted else (
         "enabled" if report.enabled else "disabled")
     lines = [f"binfmt_misc  {report.binfmt_misc} ({state}, {len(plan.verdicts)} handlers)"]
-    width = max([len(v.name) for v in plan.verdicts] + [8])
-    for verdict in plan.verdicts:
+    folded = [v.name for v in plan.verdicts if not verbose and _folds(v)]
+    shown = [v for v in plan.verdicts if verbose or not _folds(v)]
+    width = max([len(v.name) for v in shown] + [8])
+    for verdict in shown:
         lines.extend(_handler_lines(verdict, width))
+    if folded:
+        lines.append(f"  no Nix system: {' '.join(folded)}")
     lines.append(f"nix.conf     {report.nix_conf}")
     lines.append(f"  declares   {_words(plan.declared_platforms)}")
     if plan.platforms != plan.declared_platforms:
@@ -107,6 +115,11 @@ def to_text(report: Report) -> str:
     lines.extend(f"problem: {problem}" for problem in plan.problems)
     lines.append(_verdict_line(report))
     return "\n".join(lines)
+
+
+def _folds(verdict: Verdict) -> bool:
+    """Only a handler that is fine apart from Nix lacking its system joins the fold."""
+    return verdict.no_nix_system and not verdict.problems
 
 
 def _handler_lines(verdict: Verdict, width: int) -> list[str]:
