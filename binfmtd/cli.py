@@ -14,7 +14,7 @@ from typing import Optional
 from . import __version__
 from .config import Config, read_config
 from .errors import BinfmtdError
-from .host import Host, World, apply_plan, plan_for, read_world
+from .host import Host, Outcome, World, read_and_plan, reconcile_once
 from .reconcile import Plan
 
 EXIT_OK, EXIT_ATTENTION, EXIT_ERROR = 0, 1, 2
@@ -109,8 +109,8 @@ def cmd_status(args: argparse.Namespace, host: Host, config: Config) -> int:
     from .report import to_json, to_text
     from .status import gather_report
 
-    world = read_world(host, config)
-    report = gather_report(world, plan_for(world, config, host), host, config)
+    looked = read_and_plan(host, config)
+    report = gather_report(looked.world, looked.plan, host, config)
     print(json.dumps(to_json(report), indent=2) if args.json
           else to_text(report, verbose=args.verbose))
     return EXIT_OK if report.healthy else EXIT_ATTENTION
@@ -120,53 +120,54 @@ def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
     from .report import to_json
     from .status import gather_report
 
-    world = read_world(host, config)
-    planned = plan_for(world, config, host)
-    missing = [s for s in config.emulated_systems if s not in planned.platforms]
-    if missing and not args.check:
-        _register_missing(missing, planned, host, config)
-        world = read_world(host, config)
-        planned = plan_for(world, config, host)
-    if planned.blocked:
-        raise BinfmtdError(planned.blocked)
+    if not args.check:
+        _register_missing(host, config)
+    outcome = reconcile_once(host, config, write=not args.check, restart=not args.no_restart)
+    world, planned = outcome.world, outcome.plan
+    missing = _missing_systems(config, planned)
     if args.diff and planned.text is not None:
         sys.stdout.write(unified_diff(world, planned.text))
+    _warn_problems(planned.problems)
     if args.check:
         would_change = planned.text is not None or bool(missing)
         if args.json:
             report = gather_report(world, planned, host, config, ask_nix=False)
             print(json.dumps(to_json(report, changed=would_change), indent=2))
-        _warn_problems(planned.problems)
         return EXIT_ATTENTION if would_change else EXIT_OK
-    outcome = apply_plan(world, planned, config, host, restart=not args.no_restart)
-    _warn_problems(planned.problems)
     if args.json:
-        after = read_world(host, config)
-        report = gather_report(after, plan_for(after, config, host), host, config)
+        after = read_and_plan(host, config)
+        report = gather_report(after.world, after.plan, host, config)
         print(json.dumps(to_json(report, changed=outcome.written, restart=outcome.restart),
                          indent=2))
     elif not args.diff:
-        print(_sync_summary(world, planned.platforms, outcome.written, outcome.restart))
+        print(_sync_summary(outcome))
     return EXIT_OK
 
 
-def _register_missing(systems: Sequence[str], planned: Plan, host: Host,
-                      config: Config) -> None:
+def _missing_systems(config: Config, planned: Plan) -> list[str]:
+    """emulated-systems that no working handler emulates."""
+    return [s for s in config.emulated_systems if s not in planned.platforms]
+
+
+def _register_missing(host: Host, config: Config) -> None:
     """emulated-systems: register what is listed there and not emulated yet."""
+    if not config.emulated_systems:
+        return
     from .registration import register_system
 
-    for system in systems:
+    planned = read_and_plan(host, config).plan
+    for system in _missing_systems(config, planned):
         outcome = register_system(system, planned, host, config)
         print(f"binfmtd: {system}: {outcome.message}", file=sys.stderr)
 
 
-def _sync_summary(world: World, platforms: Sequence[str], written: bool,
-                  restart: Optional[str]) -> str:
-    declared = " ".join(platforms) or "nothing"
-    if not written:
-        return f"{world.managed} already in sync (declares {declared})"
-    said = f"; nix-daemon {restart}" if restart else ""
-    return f"{world.managed} updated: declares {declared}{said}"
+def _sync_summary(outcome: Outcome) -> str:
+    managed = outcome.world.managed
+    declared = " ".join(outcome.plan.platforms) or "nothing"
+    if not outcome.written:
+        return f"{managed} already in sync (declares {declared})"
+    said = f"; nix-daemon {outcome.restart}" if outcome.restart else ""
+    return f"{managed} updated: declares {declared}{said}"
 
 
 def cmd_run(args: argparse.Namespace, host: Host, config: Config) -> int:
@@ -185,8 +186,7 @@ def cmd_register(args: argparse.Namespace, host: Host, config: Config) -> int:
         raise BinfmtdError("name the systems to register, or list them in emulated-systems")
     outcomes = []
     for system in systems:
-        world = read_world(host, config)
-        outcome = register_system(system, plan_for(world, config, host), host, config)
+        outcome = register_system(system, read_and_plan(host, config).plan, host, config)
         print(f"{system}: {outcome.message}")
         outcomes.append(outcome)
     _sync_after_registering(host, config, restart=not args.no_restart)
@@ -204,22 +204,16 @@ def cmd_unregister(args: argparse.Namespace, host: Host, config: Config) -> int:
 
 def _sync_after_registering(host: Host, config: Config, *, restart: bool) -> None:
     """After (un)registering, nix.conf follows at once, as after `binfmtd sync`."""
-    world = read_world(host, config)
-    planned = plan_for(world, config, host)
-    if planned.blocked:
-        raise BinfmtdError(planned.blocked)
-    outcome = apply_plan(world, planned, config, host, restart=restart)
-    print(_sync_summary(world, planned.platforms, outcome.written, outcome.restart))
+    print(_sync_summary(reconcile_once(host, config, write=True, restart=restart)))
 
 
 def cmd_doctor(args: argparse.Namespace, host: Host, config: Config) -> int:
     from . import doctor
     from .status import gather_report
 
-    world = read_world(host, config)
-    planned = plan_for(world, config, host)
-    report = gather_report(world, planned, host, config)
-    systems = tuple(sorted(set(planned.platforms) | set(config.emulated_systems)))
+    looked = read_and_plan(host, config)
+    report = gather_report(looked.world, looked.plan, host, config)
+    systems = tuple(sorted(set(looked.plan.platforms) | set(config.emulated_systems)))
     diagnoses = doctor.diagnose(report, systems, as_root=os.geteuid() == 0)
     print(json.dumps(doctor.to_json(diagnoses), indent=2) if args.json
           else doctor.to_text(diagnoses))
@@ -227,23 +221,16 @@ def cmd_doctor(args: argparse.Namespace, host: Host, config: Config) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, host: Host, config: Config) -> int:
-    from .conffile import write_conf_text
-    from .nixconf import BrokenBlock, without_block
-    from .nixdaemon import restart_nix_daemon
-
-    world = read_world(host, config)
-    if world.managed_text is None:
-        print(f"{world.managed} does not exist: nothing to remove")
-        return EXIT_OK
-    try:
-        original = without_block(world.managed_text)
-    except BrokenBlock as error:
-        raise BinfmtdError(f"{world.managed} {error}") from None
-    if original == world.managed_text or not write_conf_text(world.managed, original):
-        print(f"{world.managed} has no binfmtd block: nothing to remove")
-        return EXIT_OK
-    said = "" if args.no_restart else f"; nix-daemon {restart_nix_daemon(config.restart)}"
-    print(f"{world.managed}: binfmtd block removed{said}")
+    outcome = reconcile_once(host, config, write=True, restart=not args.no_restart,
+                             remove=True)
+    managed = outcome.world.managed
+    if outcome.world.managed_text is None:
+        print(f"{managed} does not exist: nothing to remove")
+    elif not outcome.written:
+        print(f"{managed} has no binfmtd block: nothing to remove")
+    else:
+        said = f"; nix-daemon {outcome.restart}" if outcome.restart else ""
+        print(f"{managed}: binfmtd block removed{said}")
     return EXIT_OK
 
 

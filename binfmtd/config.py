@@ -25,11 +25,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_IWGRP, S_IWOTH
-from typing import Any, Union
+from typing import Any, Optional
 
 from .errors import BinfmtdError
 
-RestartPolicy = Union[str, tuple[str, ...], None]  # unit, command, or never
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How nix-daemon is restarted: a systemd unit to try-restart, a command, or never."""
+
+    unit: Optional[str] = None
+    command: tuple[str, ...] = ()
+
+    @property
+    def never(self) -> bool:
+        return self.unit is None and not self.command
+
+    @property
+    def argv(self) -> Optional[tuple[str, ...]]:
+        """The command that restarts nix-daemon; None for never."""
+        if self.unit is not None:
+            # try-restart: a socket-activated daemon that is not running needs nothing
+            return ("systemctl", "try-restart", self.unit)
+        return self.command or None
 
 
 @dataclass(frozen=True)
@@ -40,7 +58,7 @@ class Config:
     ignore_platforms: frozenset[str] = field(default_factory=frozenset)
     declare_armv6l: bool = True
     declare_i686: bool = False
-    restart: RestartPolicy = "nix-daemon.service"
+    restart: RestartPolicy = RestartPolicy(unit="nix-daemon.service")
     debounce_seconds: float = 0.2
     resync_seconds: float = 600.0
     restart_interval_seconds: float = 10.0
@@ -91,11 +109,11 @@ def _string_list(key: str, value: Any, source: str) -> tuple[str, ...]:
 
 def _restart(key: str, value: Any, source: str) -> RestartPolicy:
     if value is False:
-        return None
+        return RestartPolicy()
     if isinstance(value, str) and value:
-        return value
+        return RestartPolicy(unit=value)
     if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
-        return tuple(value)
+        return RestartPolicy(command=tuple(value))
     raise BinfmtdError(
         f"{source}: {key} must be a unit name, a command as a list of strings, "
         f"or false, not {value!r}"

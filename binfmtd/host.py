@@ -15,7 +15,7 @@ from .interpreters import Interpreter, read_interpreter
 from .nixdaemon import restart_nix_daemon
 from .nixtool import INSTALL_NIX, find_nix, validate_candidate
 from .platforms import host_system
-from .reconcile import Plan, plan
+from .reconcile import Plan, plan, plan_removal
 
 DEFAULT_CONFIG = Path("/etc/binfmtd/config.toml")
 DEFAULT_BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
@@ -57,24 +57,48 @@ def read_world(host: Host, config: Config) -> World:
     return World(binfmt, interpreters, main_text, managed, managed_text)
 
 
-def plan_for(world: World, config: Config, host: Host) -> Plan:
-    return plan(world.binfmt, world.interpreters, world.managed_text or "", config,
-                host.system, str(world.managed))
+def plan_for(world: World, config: Config, host: Host, *, remove: bool = False) -> Plan:
+    """The plan for this world; with `remove`, the plan that takes the block out."""
+    conf_text, conf_name = world.managed_text or "", str(world.managed)
+    if remove:
+        return plan_removal(conf_text, conf_name)
+    return plan(world.binfmt, world.interpreters, conf_text, config, host.system, conf_name)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What applying a plan did."""
+    """One reconcile: what was read, the plan, and what applying it did."""
 
-    written: bool
-    restart: Optional[str]  # what the restart step said; None when none was due
+    world: World
+    plan: Plan
+    written: bool = False
+    restart: Optional[str] = None  # what the restart step said; None when none was due
+
+    @property
+    def declared_platforms(self) -> tuple[str, ...]:
+        """What the block declares now."""
+        return self.plan.platforms if self.written else self.plan.declared_platforms
 
 
-def apply_plan(world: World, planned: Plan, config: Config, host: Host, *,
-               restart: bool) -> Outcome:
-    """Validate the new file with Nix, write it, then restart nix-daemon if it changed."""
-    if planned.text is None:
-        return Outcome(written=False, restart=None)
+def read_and_plan(host: Host, config: Config, *, remove: bool = False) -> Outcome:
+    """The first half of reconcile_once(): status and doctor show a plan, even a blocked one."""
+    world = read_world(host, config)
+    return Outcome(world, plan_for(world, config, host, remove=remove))
+
+
+def reconcile_once(host: Host, config: Config, *, write: bool, restart: bool,
+                   remove: bool = False) -> Outcome:
+    """The one read -> plan -> apply path, for every command and the daemon.
+
+    Without `write` it stops after the plan (`sync --check`). A plan that cannot be
+    applied (a broken block) is an error here, whoever asks.
+    """
+    looked = read_and_plan(host, config, remove=remove)
+    world, planned = looked.world, looked.plan
+    if planned.blocked:
+        raise BinfmtdError(planned.blocked)
+    if not write or planned.text is None:
+        return looked
     if not world.managed.parent.is_dir():
         raise BinfmtdError(f"{world.managed.parent} does not exist: is Nix installed? "
                            f"({INSTALL_NIX})")
@@ -83,7 +107,7 @@ def apply_plan(world: World, planned: Plan, config: Config, host: Host, *,
         _validate(nix, world, planned.text, host)
     written = write_conf_text(world.managed, planned.text)
     said = restart_nix_daemon(config.restart) if written and restart else None
-    return Outcome(written=written, restart=said)
+    return Outcome(world, planned, written=written, restart=said)
 
 
 def _validate(nix: str, world: World, candidate: str, host: Host) -> None:

@@ -15,7 +15,6 @@ import structlog
 
 from .notify import journal_send
 
-LOG_FORMATS = ("auto", "console", "json", "journal")
 # syslog priorities for journald's PRIORITY= field
 PRIORITIES = {"debug": "7", "info": "6", "warning": "4", "error": "3", "critical": "2"}
 

@@ -159,12 +159,6 @@ def settings_after_block(text: str) -> list[Setting]:
     ]
 
 
-def block_is_last(text: str) -> bool:
-    """True when nothing but blank lines and comments follows the block."""
-    block = find_block(text)
-    return block is None or not parse_settings(text[block.end:])
-
-
 def included_files(text: str) -> list[str]:
     """The files that `include`/`!include` lines name, in order."""
     return [s.value for s in parse_settings(text) if s.key in ("include", "!include")]

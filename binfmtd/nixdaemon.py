@@ -65,27 +65,17 @@ def systemd_running() -> bool:
     return os.path.isdir("/run/systemd/system")
 
 
-def restart_argv(policy: RestartPolicy) -> Optional[list[str]]:
-    """The command that restarts nix-daemon under this policy; None for never."""
-    if policy is None:
-        return None
-    if isinstance(policy, str):
-        # try-restart: a socket-activated daemon that is not running needs nothing
-        return ["systemctl", "try-restart", policy]
-    return list(policy)
-
-
 def restart_nix_daemon(policy: RestartPolicy) -> str:
     """Restart nix-daemon as configured; says what happened, BinfmtdError on failure."""
-    argv = restart_argv(policy)
+    argv = policy.argv
     if argv is None:
         return "not restarted (restart = false in config)"
-    if isinstance(policy, str) and not systemd_running():
+    if policy.unit is not None and not systemd_running():
         return "not restarted: systemd is not running here; restart nix-daemon yourself"
-    run_program(argv, timeout=120)
-    if isinstance(policy, str):
+    run_program(list(argv), timeout=120)
+    if policy.unit is not None:
         # try-restart of a failed unit does nothing and succeeds: look, rather than trust it.
-        failed = failed_units(policy)
+        failed = failed_units(policy.unit)
         if failed:
             raise BinfmtdError(failed)
     return f"restarted ({' '.join(argv)})"

@@ -22,6 +22,7 @@ from .nixconf import (
     settings_after_block,
     unsafe_path_reason,
     with_block,
+    without_block,
 )
 from .platforms import ElfIdentity, decode_magic, nix_system
 
@@ -120,6 +121,29 @@ def plan(
         problems=tuple(problems),
         notes=tuple(notes),
         blocked=blocked,
+    )
+
+
+def plan_removal(conf_text: str, conf_name: str = "nix.conf") -> Plan:
+    """`binfmtd remove` as a plan: the file without the block, byte for byte as before."""
+    block, new_text, broken = None, None, None
+    try:
+        block = find_block(conf_text)
+        new_text = without_block(conf_text)
+    except BrokenBlock as error:
+        broken = str(error)
+    if new_text == conf_text:
+        new_text = None
+    return Plan(
+        verdicts=(),
+        platforms=(),
+        sandbox_paths=(),
+        declared_platforms=block.platforms if block else (),
+        declared_sandbox_paths=block.sandbox_paths if block else (),
+        text=new_text,
+        restart=new_text is not None,
+        problems=(Problem(conf_name, broken),) if broken else (),
+        blocked=f"{conf_name} {broken}" if broken else None,
     )
 
 

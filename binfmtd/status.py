@@ -28,8 +28,8 @@ def gather_report(world: World, planned: Plan, host: Host, config: Config, *,
             effective_error = str(error)
     daemons = tuple(find_nix_daemons(str(host.nix_conf.parent)))
     nix_installed = nix is not None or world.managed.parent.is_dir()
-    unit = config.restart
-    unit_failure = failed_units(unit) if isinstance(unit, str) and systemd_running() else None
+    unit = config.restart.unit
+    unit_failure = failed_units(unit) if unit is not None and systemd_running() else None
     changed = _last_change(world)
     stale = tuple(d for d in daemons if changed is not None and started_before(d, changed))
     return Report(

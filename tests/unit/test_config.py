@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from binfmtd.config import Config, read_config
+from binfmtd.config import Config, RestartPolicy, read_config
 from binfmtd.errors import BinfmtdError
 from tests.conftest import require
 
@@ -21,7 +21,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_no_file_means_defaults() -> None:
     config = read_config(Path("/nonexistent/config.toml"), required=False)
     assert config == Config()
-    assert config.restart == "nix-daemon.service"
+    assert config.restart.unit == "nix-daemon.service"
     assert config.declare_armv6l and not config.declare_i686
 
 
@@ -46,7 +46,7 @@ restart-interval-seconds = 30
         ignore_platforms=frozenset({"mips-linux"}),
         declare_armv6l=False,
         declare_i686=True,
-        restart=("/usr/local/sbin/restart-nix", "--now"),
+        restart=RestartPolicy(command=("/usr/local/sbin/restart-nix", "--now")),
         debounce_seconds=0.5,
         resync_seconds=60.0,
         restart_interval_seconds=30.0,
@@ -76,7 +76,7 @@ def test_mistakes_are_one_line_naming_the_key(tmp_path: Path, text: str, message
 
 
 def test_restart_false_means_never(tmp_path: Path) -> None:
-    assert read_config(write(tmp_path, "restart = false"), required=True).restart is None
+    assert read_config(write(tmp_path, "restart = false"), required=True).restart.never
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,131 @@
-"""The daemon's small pure rules: status line, back-off, watchdog, journal fields."""
+"""The daemon's pure rules: when to reconcile and restart (binfmtd.rules, on made-up
+times), and the status line, watchdog and journal fields."""
 
 from __future__ import annotations
 
 import os
 
-from binfmtd.daemon import emulated_status, restart_backoff, watchdog_interval
+import pytest
+
+from binfmtd.daemon import emulated_status, watchdog_interval
 from binfmtd.log import journal_fields, pick_format
+from binfmtd.rules import Action, Rules, Timing, restart_backoff
+
+RECONCILE, RESTART, WATCHDOG = Action.RECONCILE, Action.RESTART, Action.WATCHDOG
+TIMING = Timing(debounce=0.05, restart_gap=10.0, resync=600.0)
+
+
+def started(timing: Timing = TIMING, now: float = 0.0) -> Rules:
+    """Rules right after the daemon's first reconcile, which wrote nothing."""
+    rules = Rules(timing, now)
+    rules.reconciled(now, restart=False)
+    return rules
+
+
+def test_idle_means_nothing_due_and_no_wake_up_before_the_resync() -> None:
+    rules = started()
+    assert rules.due(1.0) == ()
+    assert rules.timeout(1.0) == pytest.approx(599.0)
+
+
+def test_an_event_is_acted_on_after_the_debounce_and_not_before() -> None:
+    rules = started()
+    rules.changed(1.0)
+    assert rules.due(1.04) == ()
+    assert rules.timeout(1.0) == pytest.approx(0.05)
+    assert rules.due(1.05) == (RECONCILE,)
+
+
+def test_each_event_in_a_burst_pushes_the_reconcile_out() -> None:
+    rules = started()
+    for t in (1.0, 1.03, 1.06):  # the shape of systemd-binfmt's flush + re-register
+        rules.changed(t)
+        assert rules.due(t) == ()
+    assert rules.due(1.10) == ()
+    assert rules.due(1.11) == (RECONCILE,)
+
+
+def test_a_storm_is_acted_on_within_a_second_of_its_first_event() -> None:
+    rules = started()
+    t = 1.0
+    while t < 1.99:  # an event every 10 ms, never quiet for the debounce
+        rules.changed(t)
+        t += 0.01
+    assert rules.due(1.99) == ()
+    assert rules.due(2.0) == (RECONCILE,)
+    rules.reconciled(2.0, restart=False)
+    rules.changed(2.01)  # the next burst gets a deadline of its own
+    assert rules.due(2.05) == ()
+    assert rules.due(2.06) == (RECONCILE,)
+
+
+def test_the_resync_comes_without_events() -> None:
+    rules = started()
+    assert rules.due(599.9) == ()
+    assert rules.due(600.0) == (RECONCILE,)
+
+
+def test_a_change_to_nix_conf_restarts_at_once_when_none_ran_lately() -> None:
+    rules = started()
+    rules.changed(1.0)
+    rules.reconciled(1.05, restart=True)
+    assert rules.restart_pending and rules.due(1.05) == (RESTART,)
+    assert rules.restarted(1.06, ok=True) is None
+    assert not rules.restart_pending and rules.due(1.06) == ()
+
+
+def test_restarts_are_at_least_the_gap_apart() -> None:
+    rules = started()
+    rules.reconciled(1.0, restart=True)
+    rules.restarted(1.0, ok=True)
+    rules.changed(2.0)
+    rules.reconciled(2.05, restart=True)
+    assert rules.due(10.99) == ()
+    assert rules.timeout(2.05) == pytest.approx(8.95)
+    assert rules.due(11.0) == (RESTART,)
+
+
+def test_changes_while_a_restart_waits_are_one_restart() -> None:
+    rules = started()
+    rules.reconciled(1.0, restart=True)
+    rules.restarted(1.0, ok=True)
+    for t in (2.0, 3.0, 4.0):
+        rules.changed(t)
+        rules.reconciled(t + 0.05, restart=True)
+    assert rules.due(11.0) == (RESTART,)
+    rules.restarted(11.0, ok=True)
+    assert rules.due(30.0) == ()
+
+
+def test_a_failed_restart_is_retried_with_growing_back_off() -> None:
+    rules = started(Timing(debounce=0.05, restart_gap=0.0, resync=600.0))
+    rules.reconciled(1.0, restart=True)
+    tries = []
+    now = 1.0
+    for _ in range(4):
+        assert rules.due(now) == (RESTART,)
+        tries.append(rules.restarted(now, ok=False))
+        assert rules.due(now) == ()
+        assert rules.timeout(now) == pytest.approx(tries[-1])
+        now += tries[-1] or 0.0
+    assert tries == [2.0, 4.0, 8.0, 16.0]
+    assert rules.restart_failures == 4
+    assert rules.restarted(now, ok=True) is None and rules.restart_failures == 0
+
+
+def test_a_reconcile_that_wrote_nothing_asks_for_no_restart() -> None:
+    rules = started()
+    rules.changed(1.0)
+    rules.reconciled(1.05, restart=False)
+    assert not rules.restart_pending and rules.due(100.0) == ()
+
+
+def test_the_watchdog_is_pinged_on_its_interval() -> None:
+    rules = started(Timing(debounce=0.05, restart_gap=10.0, resync=600.0, watchdog=150.0))
+    assert rules.timeout(0.0) == pytest.approx(150.0)
+    assert rules.due(150.0) == (WATCHDOG,)
+    rules.watchdog_sent(150.0)
+    assert rules.due(299.0) == () and rules.due(300.0) == (WATCHDOG,)
 
 
 def test_status_line_names_what_is_emulated() -> None:

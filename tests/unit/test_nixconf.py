@@ -10,7 +10,6 @@ from binfmtd.nixconf import (
     BEGIN_MARKER,
     END_MARKER,
     BrokenBlock,
-    block_is_last,
     find_block,
     render_block,
     settings_after_block,
@@ -129,8 +128,7 @@ def test_settings_after_the_block_that_override_it_are_found() -> None:
     overriding = settings_after_block(text)
     assert [(s.key, s.value) for s in overriding] == [("extra-platforms", "x86_64-linux")]
     assert overriding[0].line == text.count("\n") - 1
-    assert not block_is_last(text)
-    assert block_is_last(with_block("a = 1\n", BLOCK) + "# only a comment\n\n")
+    assert settings_after_block(with_block("a = 1\n", BLOCK) + "# only a comment\n\n") == []
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from binfmtd.config import RestartPolicy
 from binfmtd.nixdaemon import (
     parse_show,
     parse_timespan,
-    restart_argv,
     socket_unit,
     start_limit_spacing,
 )
@@ -41,10 +41,10 @@ def test_systemctl_show_blocks() -> None:
 
 
 def test_restart_commands() -> None:
-    assert restart_argv("nix-daemon.service") == ["systemctl", "try-restart",
-                                                  "nix-daemon.service"]
-    assert restart_argv(("/usr/local/bin/restart-nix", "--now")) == [
-        "/usr/local/bin/restart-nix", "--now"]
-    assert restart_argv(None) is None
+    assert RestartPolicy(unit="nix-daemon.service").argv == (
+        "systemctl", "try-restart", "nix-daemon.service")
+    assert RestartPolicy(command=("/usr/local/bin/restart-nix", "--now")).argv == (
+        "/usr/local/bin/restart-nix", "--now")
+    assert RestartPolicy().argv is None and RestartPolicy().never
     assert socket_unit("nix-daemon.service") == "nix-daemon.socket"
     assert socket_unit("my-nix") == "my-nix"
