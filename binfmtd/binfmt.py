@@ -48,6 +48,22 @@ class Handler:
 
 
 @dataclass(frozen=True)
+class Interpreter:
+    """An interpreter file as found on this host (interpreters.read_interpreter looks)."""
+
+    path: str
+    exists: bool
+    link_targets: tuple[str, ...] = ()  # each hop of a symlink chain, in order
+    loader: Optional[str] = None  # PT_INTERP; None for a static file
+    libraries: tuple[str, ...] = ()  # what the loader maps, with their link targets
+    error: Optional[str] = None  # why the file could not be understood
+
+    @property
+    def is_static(self) -> bool:
+        return self.exists and self.error is None and self.loader is None
+
+
+@dataclass(frozen=True)
 class MalformedEntry:
     """An entry whose text is not what the kernel prints for a handler."""
 

@@ -26,6 +26,7 @@ from .platforms import (
     EM_X86_64,
     LSB,
     MSB,
+    with_also_runs,
 )
 
 EXIT_CODE = 42
@@ -50,7 +51,7 @@ def _words(order: str, *words: int) -> bytes:
 
 # Each program: put 42 in the first argument register, the exit syscall number where the
 # kernel ABI wants it, and trap into the kernel.
-MACHINES: dict[str, Machine] = {
+MACHINES: dict[str, Machine] = with_also_runs({
     "x86_64-linux": Machine(C64, LSB, EM_X86_64,
                             bytes.fromhex("bf2a000000" "b83c000000" "0f05")),
     "i686-linux": Machine(C32, LSB, EM_386, bytes.fromhex("bb2a000000" "b801000000" "cd80")),
@@ -81,8 +82,7 @@ MACHINES: dict[str, Machine] = {
                                  _words("<", 0x0280A804, 0x0281740B, 0x002B0000)),
     # moveq #1,%d0; moveq #42,%d1; trap #0
     "m68k-linux": Machine(C32, MSB, EM_68K, bytes.fromhex("7001" "722a" "4e40")),
-}
-MACHINES["armv6l-linux"] = MACHINES["armv7l-linux"]
+})
 
 
 def exit_program(system: str) -> bytes:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from .platforms import with_also_runs
+
 
 @dataclass(frozen=True)
 class Emulation:
@@ -22,7 +24,7 @@ class Emulation:
 
 
 E = Emulation
-EMULATIONS: dict[str, Emulation] = {
+EMULATIONS: dict[str, Emulation] = with_also_runs({
     "aarch64-linux": E("aarch64", "7f454c460201010000000000000000000200b700",
                        "ffffffffffffff00fffffffffffffffffeffffff", "qemu-user-static-aarch64"),
     "armv7l-linux": E("arm", "7f454c4601010100000000000000000002002800",
@@ -67,8 +69,7 @@ EMULATIONS: dict[str, Emulation] = {
     "microblaze-linux": E("microblaze", "7f454c460102010000000000000000000002baab",
                           "ffffffffffffff00fffffffffffffffffffeffff",
                           "qemu-user-static-microblaze"),
-}
-EMULATIONS["armv6l-linux"] = EMULATIONS["armv7l-linux"]
+})
 
 
 @dataclass(frozen=True)

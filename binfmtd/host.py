@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .binfmt import BinfmtState, Handler, read_binfmt_state
+from .binfmt import BinfmtState, Handler, Interpreter, read_binfmt_state
 from .conffile import managed_file, read_conf_text, write_conf_text
 from .config import Config
 from .errors import BinfmtdError
-from .interpreters import Interpreter, read_interpreter
+from .interpreters import read_interpreter
 from .nixdaemon import restart_nix_daemon
 from .nixtool import INSTALL_NIX, find_nix, validate_candidate
 from .platforms import host_system

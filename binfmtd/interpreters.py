@@ -8,28 +8,11 @@ a dynamic one also needs its loader and every library the loader maps.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Optional
 
+from .binfmt import Interpreter
 from .elf import NotAnElfFile, program_interpreter
 from .errors import BinfmtdError
 from .proc import run_program
-
-
-@dataclass(frozen=True)
-class Interpreter:
-    """An interpreter path as found on this host."""
-
-    path: str
-    exists: bool
-    link_targets: tuple[str, ...] = ()  # each hop of a symlink chain, in order
-    loader: Optional[str] = None  # PT_INTERP; None for a static file
-    libraries: tuple[str, ...] = ()  # what the loader maps, with their link targets
-    error: Optional[str] = None  # why the file could not be understood
-
-    @property
-    def is_static(self) -> bool:
-        return self.exists and self.error is None and self.loader is None
 
 
 def read_interpreter(path: str) -> Interpreter:

@@ -9,7 +9,9 @@ differently, and an administrator may call one anything.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, TypeVar, Union
+
+T = TypeVar("T")
 
 ELF_SIGNATURE = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
@@ -163,6 +165,23 @@ def nix_system(identity: ElfIdentity) -> Optional[str]:
     if identity.mips_n32:
         return None
     return NIX_SYSTEMS.get((identity.machine, identity.elf_class, identity.data))
+
+
+# One ELF machine, more than one Nix system: an ARMv7 emulator runs ARMv6 programs too.
+ALSO_RUNS: dict[str, tuple[str, ...]] = {"armv7l-linux": ("armv6l-linux",)}
+
+
+def served_systems(identity: ElfIdentity) -> tuple[str, ...]:
+    """Every Nix system whose binaries these are; () when Nix has none."""
+    system = nix_system(identity)
+    return () if system is None else (system, *ALSO_RUNS.get(system, ()))
+
+
+def with_also_runs(table: dict[str, T]) -> dict[str, T]:
+    """A table by Nix system, with ALSO_RUNS's systems sharing their machine's entry."""
+    extra = {other: table[system] for system, others in ALSO_RUNS.items() if system in table
+             for other in others}
+    return {**table, **extra}
 
 
 def host_system(machine: str) -> str:

@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
 
-from .binfmt import BinfmtState, Handler, MalformedEntry
+from .binfmt import BinfmtState, Handler, Interpreter, MalformedEntry
 from .config import Config
-from .interpreters import Interpreter
 from .nixconf import (
     Block,
     BrokenBlock,
@@ -24,7 +23,7 @@ from .nixconf import (
     with_block,
     without_block,
 )
-from .platforms import ElfIdentity, decode_magic, nix_system
+from .platforms import ElfIdentity, decode_magic, served_systems
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,8 @@ class Verdict:
 
     name: str
     handler: Optional[Handler]  # None for a malformed entry
-    platforms: tuple[str, ...] = ()
+    systems: tuple[str, ...] = ()  # every Nix system its machine serves, declared or not
+    platforms: tuple[str, ...] = ()  # what it makes binfmtd declare
     sandbox_paths: tuple[str, ...] = ()
     note: Optional[str] = None  # why it declares nothing, when that is normal
     problems: tuple[str, ...] = ()
@@ -178,47 +178,49 @@ def judge_entry(
     identity = decode_magic(handler.magic, handler.mask, handler.offset)
     if not isinstance(identity, ElfIdentity):
         return Verdict(handler.name, handler, note=identity.reason)
-    systems, note, no_nix_system = _systems_for(identity, config, host_system)
-    if not systems:
-        return Verdict(handler.name, handler, note=note, no_nix_system=no_nix_system)
+    served = served_systems(identity)
+    if not served:
+        return Verdict(handler.name, handler, note=f"Nix has no system for "
+                       f"{identity.describe()} binaries", no_nix_system=True)
+    wanted, note = _wanted(served, config, host_system)
+    if not wanted:
+        return Verdict(handler.name, handler, systems=served, note=note)
     interpreter = interpreters.get(handler.interpreter, Interpreter(handler.interpreter, False))
-    return _with_interpreter(handler, systems, interpreter)
+    return _with_interpreter(handler, served, wanted, interpreter)
 
 
-def _systems_for(
-    identity: ElfIdentity, config: Config, host_system: str
-) -> tuple[tuple[str, ...], Optional[str], bool]:
-    """The systems to declare, else why none, and whether that is because Nix has no
-    system for the machine at all (common and harmless, so status folds those)."""
-    system = nix_system(identity)
-    if system is None:
-        return (), f"Nix has no system for {identity.describe()} binaries", True
+def _wanted(
+    served: tuple[str, ...], config: Config, host_system: str
+) -> tuple[tuple[str, ...], Optional[str]]:
+    """The served systems to declare, else why none."""
+    system = served[0]
     if system == host_system:
-        return (), f"{system} is this host's own system", False
+        return (), f"{system} is this host's own system"
     if system == "i686-linux" and host_system == "x86_64-linux" and not config.declare_i686:
-        return (), "x86_64 hosts run i686-linux natively (see declare-i686)", False
-    systems = [system]
-    if system == "armv7l-linux" and config.declare_armv6l:
-        systems.append("armv6l-linux")
-    wanted = tuple(s for s in systems if s not in config.ignore_platforms)
-    return wanted, None if wanted else f"{system} is in ignore-platforms", False
+        return (), "x86_64 hosts run i686-linux natively (see declare-i686)"
+    wanted = tuple(s for s in served if s not in config.ignore_platforms
+                   and (s != "armv6l-linux" or config.declare_armv6l))
+    return wanted, None if wanted else f"{system} is in ignore-platforms"
 
 
 def _with_interpreter(
-    handler: Handler, systems: tuple[str, ...], interpreter: Interpreter
+    handler: Handler, served: tuple[str, ...], systems: tuple[str, ...],
+    interpreter: Interpreter,
 ) -> Verdict:
     """Declare the systems only if a sandboxed build could really use the interpreter."""
     name, opened = handler.name, "F" in handler.flags
 
     def broken(problem: str) -> Verdict:
-        return Verdict(name, handler, problems=(problem,), interpreter=interpreter)
+        return Verdict(name, handler, systems=served, problems=(problem,),
+                       interpreter=interpreter)
 
     unsafe = unsafe_path_reason(handler.interpreter)
     if unsafe:
         return broken(f"interpreter path {handler.interpreter!r} {unsafe}; not declared")
     if not interpreter.exists:
         if opened:
-            return Verdict(name, handler, systems, interpreter=interpreter,
+            return Verdict(name, handler, systems=served, platforms=systems,
+                           interpreter=interpreter,
                            note="interpreter is not on this file system; the kernel holds "
                                 "it open (flag F)")
         return broken(f"interpreter {handler.interpreter} is missing and the F flag is not "
@@ -231,4 +233,5 @@ def _with_interpreter(
         unsafe = unsafe_path_reason(path)
         if unsafe:
             return broken(f"sandbox path {path!r} {unsafe}; not declared")
-    return Verdict(name, handler, systems, tuple(paths), interpreter=interpreter)
+    return Verdict(name, handler, systems=served, platforms=systems,
+                   sandbox_paths=tuple(paths), interpreter=interpreter)

@@ -27,7 +27,6 @@ from .emulators import (
 from .errors import BinfmtdError
 from .host import Host
 from .interpreters import read_interpreter
-from .platforms import ElfIdentity, decode_magic, nix_system
 from .reconcile import Plan
 
 
@@ -50,20 +49,9 @@ def find_emulator(system: str) -> Optional[Candidate]:
 
 
 def handlers_for(system: str, planned: Plan) -> list[Handler]:
-    """Every enabled handler whose magic decodes to `system`, working or not."""
-    found = []
-    for verdict in planned.verdicts:
-        handler = verdict.handler
-        if handler is None or not handler.enabled or handler.magic is None:
-            continue
-        identity = decode_magic(handler.magic, handler.mask, handler.offset)
-        if isinstance(identity, ElfIdentity) and nix_system(identity) in _aliases(system):
-            found.append(handler)
-    return found
-
-
-def _aliases(system: str) -> set[str]:
-    return {"armv7l-linux"} if system == "armv6l-linux" else {system}
+    """Every enabled handler that serves `system`, working or not."""
+    return [v.handler for v in planned.verdicts
+            if v.handler is not None and v.handler.enabled and system in v.systems]
 
 
 def register_system(system: str, planned: Plan, host: Host, config: Config) -> Outcome:

@@ -6,9 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from binfmtd.binfmt import BinfmtState, Handler, MalformedEntry
+from binfmtd.binfmt import BinfmtState, Handler, Interpreter, MalformedEntry
 from binfmtd.config import Config
-from binfmtd.interpreters import Interpreter
 from binfmtd.nixconf import BEGIN_MARKER, render_block, with_block
 from binfmtd.reconcile import plan
 

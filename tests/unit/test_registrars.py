@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from binfmtd.binfmt import Handler, MalformedEntry, parse_entry, read_binfmt_state
+from binfmtd.binfmt import Handler, Interpreter, MalformedEntry, parse_entry, read_binfmt_state
 from binfmtd.config import Config
-from binfmtd.interpreters import Interpreter
 from binfmtd.reconcile import Plan, plan
 from tests.conftest import DATA
 
