@@ -115,15 +115,17 @@ def _values(settings: Iterable[Setting], key: str) -> tuple[str, ...]:
 
 def without_block(text: str) -> str:
     """The file as it was before binfmtd added its block."""
-    block = find_block(text)
-    if block is None:
-        return text
-    return text[:block.start] + text[block.end:]
+    return replace_block(text, find_block(text), None)
 
 
 def with_block(text: str, block_text: Optional[str]) -> str:
     """The file with the managed block replaced by `block_text` at its end."""
-    user_text = without_block(text)
+    return replace_block(text, find_block(text), block_text)
+
+
+def replace_block(text: str, found: Optional[Block], block_text: Optional[str]) -> str:
+    """`text` without its block `found` (find_block's answer), `block_text` at the end."""
+    user_text = text if found is None else text[:found.start] + text[found.end:]
     if block_text is None:
         return user_text
     separator = "\n" if user_text else ""
@@ -146,13 +148,12 @@ def parse_settings(text: str) -> list[Setting]:
     return settings
 
 
-def settings_after_block(text: str) -> list[Setting]:
-    """Lines after the block that replace what it declares (the block must be last)."""
-    block = find_block(text)
-    if block is None:
+def settings_after_block(text: str, found: Optional[Block]) -> list[Setting]:
+    """Lines after the block `found` that replace what it declares (it must be last)."""
+    if found is None:
         return []
-    offset_lines = text[:block.end].count("\n")
-    after = parse_settings(text[block.end:])
+    offset_lines = text[:found.end].count("\n")
+    after = parse_settings(text[found.end:])
     return [
         Setting(s.line + offset_lines, s.key, s.value)
         for s in after if s.key in OVERRIDING_KEYS

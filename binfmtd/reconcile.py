@@ -18,10 +18,9 @@ from .nixconf import (
     find_block,
     parse_settings,
     render_block,
+    replace_block,
     settings_after_block,
     unsafe_path_reason,
-    with_block,
-    without_block,
 )
 from .platforms import ElfIdentity, decode_magic, served_systems
 
@@ -97,15 +96,16 @@ def plan(
                                 "mount it (mount -t binfmt_misc binfmt_misc "
                                 "/proc/sys/fs/binfmt_misc) or start systemd-binfmt"))
     blocked = None
+    block: Optional[Block] = None
+    new_text: Optional[str] = None
     try:
         block = find_block(conf_text)
-        new_text: Optional[str] = with_block(conf_text, render_block(platforms, sandbox_paths))
+        new_text = replace_block(conf_text, block, render_block(platforms, sandbox_paths))
     except BrokenBlock as error:
         blocked = f"{conf_name} {error}"
         problems.append(Problem(conf_name, str(error)))
-        block, new_text = None, None
     notes = _user_platform_notes(conf_text, block)
-    for setting in settings_after_block(conf_text) if block else ():
+    for setting in settings_after_block(conf_text, block):
         problems.append(Problem(conf_name, f"line {setting.line} sets {setting.key} after the "
                                 "binfmtd block and overrides it; sync moves the block last"))
     if new_text == conf_text or not binfmt.mounted:
@@ -129,7 +129,7 @@ def plan_removal(conf_text: str, conf_name: str = "nix.conf") -> Plan:
     block, new_text, broken = None, None, None
     try:
         block = find_block(conf_text)
-        new_text = without_block(conf_text)
+        new_text = replace_block(conf_text, block, None)
     except BrokenBlock as error:
         broken = str(error)
     if new_text == conf_text:

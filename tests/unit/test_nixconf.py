@@ -125,10 +125,11 @@ def test_markers_with_crlf_are_still_found() -> None:
 
 def test_settings_after_the_block_that_override_it_are_found() -> None:
     text = with_block("a = 1\n", BLOCK) + "# fine\nextra-platforms = x86_64-linux\nkeep = 1\n"
-    overriding = settings_after_block(text)
+    overriding = settings_after_block(text, find_block(text))
     assert [(s.key, s.value) for s in overriding] == [("extra-platforms", "x86_64-linux")]
     assert overriding[0].line == text.count("\n") - 1
-    assert settings_after_block(with_block("a = 1\n", BLOCK) + "# only a comment\n\n") == []
+    last = with_block("a = 1\n", BLOCK) + "# only a comment\n\n"
+    assert settings_after_block(last, find_block(last)) == []
 
 
 @pytest.mark.parametrize(
