@@ -14,7 +14,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import BinaryIO, Callable, Optional
@@ -47,6 +47,65 @@ def watchdog_interval(environ: dict[str, str]) -> Optional[float]:
     return int(usec) / 2e6
 
 
+def timing(config: Config, restarter: Restarter) -> Timing:
+    """The rules' intervals, from config.toml, systemd's start limit and its watchdog."""
+    return Timing(debounce=config.debounce_seconds,
+                  restart_gap=restarter.gap(config.restart_interval_seconds),
+                  resync=config.resync_seconds,
+                  watchdog=watchdog_interval(dict(os.environ)))
+
+
+def status_line(platforms: tuple[str, ...], rules: Rules, binfmt_watched: bool,
+                error: Optional[str]) -> str:
+    """The STATUS= line: what is emulated, and anything that needs a look."""
+    parts = [emulated_status(platforms)]
+    if rules.restart_failures:
+        parts.append(f"nix-daemon restart failed {rules.restart_failures}x, retrying")
+    elif rules.restart_pending:
+        parts.append("nix-daemon restart pending")
+    if not binfmt_watched:
+        parts.append("waiting for binfmt_misc to be mounted")
+    if error:
+        parts.append(f"error: {error}")
+    return "; ".join(parts)
+
+
+class Announcer:
+    """What the daemon tells the log and systemd, each thing once, when it changes."""
+
+    def __init__(self) -> None:
+        self.error: Optional[str] = None
+        self._problems: frozenset[str] = frozenset()
+        self._status: Optional[str] = None
+        self._log = get_logger()
+
+    def problems(self, problems: Iterable[object]) -> None:
+        """Log each problem when it appears, and say when it is gone."""
+        current = frozenset(str(p) for p in problems)
+        for problem in sorted(current - self._problems):
+            self._log.warning("problem", problem=problem)
+        for problem in sorted(self._problems - current):
+            self._log.info("problem.resolved", problem=problem)
+        self._problems = current
+
+    def failed(self, error: Optional[str]) -> None:
+        """The last reconcile's error (None: it worked); a new one is logged once."""
+        if error is not None and error != self.error:
+            self._log.error("reconcile.failed", error=error,
+                            retry="on the next change, or at the next resync")
+        self.error = error
+
+    def ready(self, status: str) -> None:
+        self._status = status
+        _notify_quietly(f"READY=1\nSTATUS={status}")
+
+    def status(self, status: str) -> None:
+        """Tell systemd the status line when it changed, and only then."""
+        if status != self._status:
+            self._status = status
+            _notify_quietly(f"STATUS={status}")
+
+
 class Daemon:
     """One running binfmtd: the loop, and what it last saw and said."""
 
@@ -59,19 +118,11 @@ class Daemon:
         self.restarter = Restarter(config.restart, allowed=restart)
         self.restart_allowed = restart  # --no-restart says False
         self.watches = Watches(host.binfmt_misc, (host.nix_conf, host.config))
-        self.rules = Rules(self._timing(), clock())
+        self.rules = Rules(timing(self.config, self.restarter), clock())
+        self.said = Announcer()
         self.platforms: tuple[str, ...] = ()
-        self.reported: frozenset[str] = frozenset()
-        self.error: Optional[str] = None
         self.stopping = False
         self.reload_requested = False
-        self.sent_status: Optional[str] = None
-
-    def _timing(self) -> Timing:
-        return Timing(debounce=self.config.debounce_seconds,
-                      restart_gap=self.restarter.gap(self.config.restart_interval_seconds),
-                      resync=self.config.resync_seconds,
-                      watchdog=watchdog_interval(dict(os.environ)))
 
     # --- the loop ---------------------------------------------------------------
 
@@ -79,8 +130,7 @@ class Daemon:
         with _signal_wakeup(self._on_signal) as wakeup_fd, open(MOUNTINFO, "rb") as mounts:
             self.watches.rewatch()
             self.reconcile()
-            self.sent_status = self.status_line()
-            _notify_quietly(f"READY=1\nSTATUS={self.sent_status}")
+            self.said.ready(self._status())
             self.log.info("daemon.ready", platforms=self.platforms)
             while not self.stopping:
                 self._wait(wakeup_fd, mounts)
@@ -100,7 +150,7 @@ class Daemon:
         if wakeup_fd in readable:
             _drain(wakeup_fd)
         if events_fd in readable:
-            seen = self.watches.read(failing=self.error is not None)
+            seen = self.watches.read(failing=self.said.error is not None)
             self.reload_requested = self.reload_requested or seen.config_changed
             if seen.relevant:
                 self.rules.changed(self.clock())
@@ -136,48 +186,33 @@ class Daemon:
         try:
             outcome = reconcile_once(self.host, self.config, write=True, restart=False)
         except BinfmtdError as error:
-            self._set_error(str(error))
+            self.said.failed(str(error))
             self.rules.reconciled(self.clock(), restart=False)
         else:
             self._take(outcome)
             self.rules.reconciled(self.clock(),
                                   restart=outcome.written and self.restarter.enabled)
-        self._notify_status()
+        self.said.status(self._status())
 
     def _take(self, outcome: Outcome) -> None:
         """Log what changed, and follow binfmt_misc and the file that holds the block."""
-        self._report(outcome)
+        self.said.problems(outcome.plan.problems)
         if outcome.written:
             self.log.info("nixconf.written", path=str(outcome.world.managed),
                           platforms=outcome.plan.platforms,
                           sandbox_paths=outcome.plan.sandbox_paths)
         self.platforms = outcome.declared_platforms
-        self._set_error(None)
+        self.said.failed(None)
         if not outcome.world.binfmt.mounted:
             self.watches.unwatch_binfmt()
         self.watches.rewatch(outcome.world.managed)
-
-    def _report(self, outcome: Outcome) -> None:
-        """Log each problem once, when it appears, and say when it is gone."""
-        current = frozenset(str(p) for p in outcome.plan.problems)
-        for problem in sorted(current - self.reported):
-            self.log.warning("problem", problem=problem)
-        for problem in sorted(self.reported - current):
-            self.log.info("problem.resolved", problem=problem)
-        self.reported = current
-
-    def _set_error(self, error: Optional[str]) -> None:
-        if error != self.error and error is not None:
-            self.log.error("reconcile.failed", error=error,
-                           retry="on the next change, or at the next resync")
-        self.error = error
 
     def restart_nix_daemon(self) -> None:
         error = self.restarter.restart()
         retry_in = self.rules.restarted(self.clock(), ok=error is None)
         if error is not None:
             self.log.error("nixdaemon.restart_failed", error=error, retry_in=retry_in)
-        self._notify_status()
+        self.said.status(self._status())
 
     def reload(self) -> None:
         """SIGHUP or a changed config.toml: read it again, keep the old one if it is bad."""
@@ -187,31 +222,16 @@ class Daemon:
         try:
             self.config = read_config(self.host.config, required=self.host.config_required)
             self.restarter = Restarter(self.config.restart, allowed=self.restart_allowed)
-            self.rules.retime(self._timing())
+            self.rules.retime(timing(self.config, self.restarter))
             self.log.info("config.reloaded", path=str(self.host.config))
         except BinfmtdError as error:
             self.log.error("config.rejected", error=str(error), keeping="the previous config")
         self.reconcile()
         _notify_quietly("READY=1")
 
-    def _notify_status(self) -> None:
-        """Tell systemd the status line when it changed, and only then."""
-        line = self.status_line()
-        if line != self.sent_status:
-            self.sent_status = line
-            _notify_quietly(f"STATUS={line}")
-
-    def status_line(self) -> str:
-        parts = [emulated_status(self.platforms)]
-        if self.rules.restart_failures:
-            parts.append(f"nix-daemon restart failed {self.rules.restart_failures}x, retrying")
-        elif self.rules.restart_pending:
-            parts.append("nix-daemon restart pending")
-        if not self.watches.binfmt_watched:
-            parts.append("waiting for binfmt_misc to be mounted")
-        if self.error:
-            parts.append(f"error: {self.error}")
-        return "; ".join(parts)
+    def _status(self) -> str:
+        return status_line(self.platforms, self.rules, self.watches.binfmt_watched,
+                           self.said.error)
 
 
 @contextmanager
