@@ -8,7 +8,7 @@
                                     # default already lists it there)
     restart = "nix-daemon.service"  # a unit to try-restart, a command (a list of
                                     # strings), or false for never
-    debounce-seconds = 0.2          # daemon: quiet time before acting on events
+    debounce-seconds = 0.05         # daemon: quiet time before acting on events
     resync-seconds = 600            # daemon: safety-net resync interval
     restart-interval-seconds = 10   # daemon: at most one nix-daemon restart per interval
     emulated-systems = []           # systems `binfmtd register`/`sync` make sure are emulated
@@ -59,7 +59,7 @@ class Config:
     declare_armv6l: bool = True
     declare_i686: bool = False
     restart: RestartPolicy = RestartPolicy(unit="nix-daemon.service")
-    debounce_seconds: float = 0.2
+    debounce_seconds: float = 0.05
     resync_seconds: float = 600.0
     restart_interval_seconds: float = 10.0
     emulated_systems: tuple[str, ...] = ()
