@@ -95,8 +95,8 @@ def to_text(report: Report, verbose: bool = False) -> str:
     state = "not mounted" if not report.mounted else (
         "enabled" if report.enabled else "disabled")
     lines = [f"binfmt_misc  {report.binfmt_misc} ({state}, {len(plan.verdicts)} handlers)"]
-    folded = [v.name for v in plan.verdicts if not verbose and _folds(v)]
-    shown = [v for v in plan.verdicts if verbose or not _folds(v)]
+    folded = [v.name for v in plan.verdicts if v.no_nix_system and not verbose]
+    shown = [v for v in plan.verdicts if not v.no_nix_system or verbose]
     width = max([len(v.name) for v in shown] + [8])
     for verdict in shown:
         lines.extend(_handler_lines(verdict, width))
@@ -115,11 +115,6 @@ def to_text(report: Report, verbose: bool = False) -> str:
     lines.extend(f"problem: {problem}" for problem in plan.problems)
     lines.append(_verdict_line(report))
     return "\n".join(lines)
-
-
-def _folds(verdict: Verdict) -> bool:
-    """Only a handler that is fine apart from Nix lacking its system joins the fold."""
-    return verdict.no_nix_system and not verdict.problems
 
 
 def _handler_lines(verdict: Verdict, width: int) -> list[str]:

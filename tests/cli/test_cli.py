@@ -8,6 +8,7 @@ import os
 import pytest
 
 from tests.cli.conftest import Sandbox
+from tests.conftest import DATA
 
 ORIGINAL = "# the user's own file\nsandbox = true\ntrusted-users = root\n"
 
@@ -182,3 +183,74 @@ def test_without_nix_status_says_so_and_how_to_install_it(sandbox: Sandbox) -> N
     report = json.loads(sandbox.run("--nix-conf", str(missing), "status", "--json",
                                     env=env).stdout)
     assert report["nix_installed"] is False
+
+
+# Debian's handlers for machines Nix has no system for, in the order status lists handlers.
+NO_NIX_SYSTEM = ["qemu-alpha", "qemu-armeb", "qemu-cris", "qemu-hexagon", "qemu-hppa",
+                 "qemu-mipsn32", "qemu-mipsn32el", "qemu-sh4", "qemu-sh4eb",
+                 "qemu-sparc32plus", "qemu-xtensa", "qemu-xtensaeb"]
+
+
+REGISTRARS = sorted(p.name for p in (DATA / "binfmt_misc").iterdir() if p.is_dir())
+
+
+def _handler_rows(page: str) -> list[str]:
+    """The names that start a handler's own row: the binfmt_misc part of the page."""
+    lines = page.splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith("nix.conf "))
+    return [line.split()[0] for line in lines[1:end]
+            if not line.startswith("   ") and not line.startswith("  no Nix system:")]
+
+
+def test_status_folds_handlers_nix_has_no_system_for_into_one_line(sandbox: Sandbox) -> None:
+    result = sandbox.run("status")
+    assert result.returncode == 1, result.stderr
+    folds = [ln for ln in result.stdout.splitlines() if ln.strip().startswith("no Nix system:")]
+    assert len(folds) == 1, result.stdout
+    assert folds[0].split(":", 1)[1].split() == NO_NIX_SYSTEM
+    assert "Nix has no system for" not in result.stdout
+    rows = _handler_rows(result.stdout)
+    assert not set(NO_NIX_SYSTEM) & set(rows)
+    assert {"qemu-aarch64", "qemu-arm", "python3.11"} <= set(rows)  # the rest stays
+
+
+@pytest.mark.parametrize("flag", ["-v", "--verbose"])
+def test_status_verbose_shows_each_handler_nix_has_no_system_for(
+    sandbox: Sandbox, flag: str,
+) -> None:
+    result = sandbox.run("status", flag)
+    assert result.returncode == 1, result.stderr
+    assert "no Nix system:" not in result.stdout
+    lines = result.stdout.splitlines()
+    rows = _handler_rows(result.stdout)
+    assert [name for name in rows if name in NO_NIX_SYSTEM] == NO_NIX_SYSTEM
+    for name in NO_NIX_SYSTEM:
+        row = next(i for i, ln in enumerate(lines) if ln.split()[:1] == [name])
+        assert lines[row + 1].strip().startswith("Nix has no system for "), name
+
+
+def test_status_json_keeps_every_handler_nix_has_no_system_for(sandbox: Sandbox) -> None:
+    page = sandbox.run("status").stdout
+    handlers = {h["name"]: h for h in status_json(sandbox)["handlers"]}
+    assert page.splitlines()[0].endswith(f", {len(handlers)} handlers)")
+    for name in NO_NIX_SYSTEM:
+        assert handlers[name]["platform"] is None
+        assert handlers[name]["note"].startswith("Nix has no system for "), name
+    assert [n for n, h in handlers.items()
+            if (h["note"] or "").startswith("Nix has no system")] == NO_NIX_SYSTEM
+
+
+@pytest.mark.parametrize("registrar", REGISTRARS)
+def test_status_folds_exactly_the_handlers_nix_has_no_system_for(
+    sandbox: Sandbox, registrar: str,
+) -> None:
+    """Any other reason to declare nothing (the host's own system, i686 on x86_64, disabled,
+    not ELF) keeps its own row with its note; FEX on an x86_64 host shows two of them."""
+    sandbox.use_registrar(registrar)
+    handlers = status_json(sandbox)["handlers"]
+    no_system = [h["name"] for h in handlers
+                 if (h["note"] or "").startswith("Nix has no system for ")]
+    page = sandbox.run("status").stdout
+    folds = [ln for ln in page.splitlines() if ln.startswith("  no Nix system:")]
+    assert folds == ([f"  no Nix system: {' '.join(no_system)}"] if no_system else []), page
+    assert _handler_rows(page) == [h["name"] for h in handlers if h["name"] not in no_system]
