@@ -1,14 +1,25 @@
-"""The one writer of nix.conf: atomic, no write without change, mode and owner kept."""
+"""The one writer of nix.conf: atomic, no write without change, mode, owner and label kept.
+
+The order of its system calls (O_EXCL, fsync, rename, fsync of the folder) is traced in
+tests/integration/test_writer_syscalls.py.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from binfmtd.conffile import managed_file, read_conf_text, write_conf_text
+from binfmtd.conffile import SELINUX_XATTR, managed_file, read_conf_text, write_conf_text
 from binfmtd.errors import BinfmtdError
+from tests.conftest import REPO, require
+
+LABEL = b"system_u:object_r:etc_t:s0\0"  # as SELinux stores it: NUL-terminated
 
 
 def test_unchanged_text_is_not_written_and_mtime_kept(tmp_path: Path) -> None:
@@ -19,19 +30,67 @@ def test_unchanged_text_is_not_written_and_mtime_kept(tmp_path: Path) -> None:
     assert conf.stat().st_mtime == 1_000_000
 
 
-def test_a_change_replaces_the_file_and_keeps_mode_and_owner(tmp_path: Path) -> None:
+def test_a_change_replaces_the_file_and_keeps_its_mode(tmp_path: Path) -> None:
     conf = tmp_path / "nix.conf"
     conf.write_text("a = 1\n")
-    conf.chmod(0o640)
-    os.chown(conf, 1234, 5678) if os.geteuid() == 0 else None
+    conf.chmod(0o640)  # neither mkstemp's 0600 nor a new file's 0644
     before = conf.stat()
     assert write_conf_text(conf, "a = 2\n") is True
     after = conf.stat()
     assert conf.read_text() == "a = 2\n"
     assert after.st_ino != before.st_ino  # renamed into place, not rewritten
-    assert (after.st_mode, after.st_uid, after.st_gid) == (
-        before.st_mode, before.st_uid, before.st_gid)
+    assert after.st_mode == before.st_mode
     assert sorted(os.listdir(tmp_path)) == ["nix.conf"]  # no temp file left
+
+
+def test_mode_owner_and_selinux_label_survive_a_write(tmp_path: Path) -> None:
+    """On a tmpfs, which keeps security.selinux without an SELinux kernel (measured on 6.18).
+
+    The tmpfs is mounted in a private mount namespace of a child, so no mount outlives it.
+    """
+    require(os.geteuid() == 0, "setting an owner and a security.* attribute needs root")
+    require(shutil.which("unshare") is not None, "unshare (util-linux) is not installed")
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+         "import sys; from tests.unit.test_conffile import write_on_a_tmpfs; "
+         "print(write_on_a_tmpfs(sys.argv[1]))", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert probe.returncode == 0, probe.stderr
+    before, after = json.loads(probe.stdout)
+    # The positive control: this tmpfs kept all three before the write.
+    require(before["label"] == LABEL.decode(), f"tmpfs dropped security.selinux: {before}")
+    assert before == {"mode": 0o640, "uid": 1234, "gid": 5678, "label": LABEL.decode(),
+                      "text": "a = 1\n"}
+    assert after == {**before, "text": "a = 2\n"}
+
+
+def write_on_a_tmpfs(folder: str) -> str:
+    """In the child: a fresh tmpfs, nix.conf with mode, owner and label, one write.
+
+    Returns the file's attributes before and after as JSON.
+    """
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "binfmtd-test", folder],
+                   check=True, timeout=30)
+    conf = Path(folder) / "nix.conf"
+    conf.write_text("a = 1\n")
+    conf.chmod(0o640)
+    os.chown(conf, 1234, 5678)
+    os.setxattr(conf, SELINUX_XATTR, LABEL)
+    before = _attributes(conf)
+    write_conf_text(conf, "a = 2\n")
+    return json.dumps([before, _attributes(conf)])
+
+
+def _attributes(path: Path) -> dict[str, object]:
+    status = path.stat()
+    try:
+        label: str | None = os.getxattr(path, SELINUX_XATTR).decode()
+    except OSError:
+        label = None
+    return {"mode": status.st_mode & 0o7777, "uid": status.st_uid, "gid": status.st_gid,
+            "label": label, "text": path.read_text()}
 
 
 def test_a_new_file_is_readable_by_everyone(tmp_path: Path) -> None:
