@@ -7,9 +7,11 @@ BIN    := $(VENV)/bin
 # What the test tiers need from Debian: real Nix, real emulators (static and the dynamically
 # linked qemu-user), and a booted systemd.
 TEST_DEBS := nix-bin qemu-user-static qemu-user systemd-container debootstrap
+# strace: the nix.conf writer's system calls are asserted in order.
+TEST_DEBS += strace
 RUN_DEBS  := python3-venv
 
-.PHONY: run test lint unit integration deps venv bench clean deb rpm
+.PHONY: run test lint unit integration deps venv bench clean deb rpm mutants
 
 run: venv
 	@$(BIN)/binfmtd status; rc=$$?; [ $$rc -le 1 ] || exit $$rc
@@ -23,6 +25,11 @@ lint: venv
 
 unit: venv
 	$(BIN)/python -m pytest -ra tests/unit
+
+# Each deliberate bug in tools/mutants.py, applied in a scratch copy: which test catches it.
+# MUTANTS="writer" picks some; MUTANTS="--ref HEAD" tests the last commit, not the tree.
+mutants: deps venv
+	$(BIN)/python tools/mutants.py $(MUTANTS)
 
 bench: deps venv
 	$(BIN)/python bench/run.py
