@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -107,18 +105,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def cmd_status(args: argparse.Namespace, host: Host, config: Config) -> int:
     from .report import to_json, to_text
-    from .status import gather_report
+    from .status import ask_nix, gather_report
 
+    reading = ask_nix(host, config)
     looked = read_and_plan(host, config)
-    report = gather_report(looked.world, looked.plan, host, config)
-    print(json.dumps(to_json(report), indent=2) if args.json
-          else to_text(report, verbose=args.verbose))
+    report = gather_report(looked.world, looked.plan, host, config, reading)
+    if args.json:
+        print_json(to_json(report))
+    else:
+        print(to_text(report, verbose=args.verbose))
     return EXIT_OK if report.healthy else EXIT_ATTENTION
 
 
 def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
     from .report import to_json
-    from .status import gather_report
+    from .status import ask_nix, gather_report
 
     if not args.check:
         _register_missing(host, config)
@@ -131,14 +132,14 @@ def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
     if args.check:
         would_change = planned.text is not None or bool(missing)
         if args.json:
-            report = gather_report(world, planned, host, config, ask_nix=False)
-            print(json.dumps(to_json(report, changed=would_change), indent=2))
+            report = gather_report(world, planned, host, config, reading=None)
+            print_json(to_json(report, changed=would_change))
         return EXIT_ATTENTION if would_change else EXIT_OK
     if args.json:
+        reading = ask_nix(host, config)
         after = read_and_plan(host, config)
-        report = gather_report(after.world, after.plan, host, config)
-        print(json.dumps(to_json(report, changed=outcome.written, restart=outcome.restart),
-                         indent=2))
+        report = gather_report(after.world, after.plan, host, config, reading)
+        print_json(to_json(report, changed=outcome.written, restart=outcome.restart))
     elif not args.diff:
         print(_sync_summary(outcome))
     return EXIT_OK
@@ -209,14 +210,17 @@ def _sync_after_registering(host: Host, config: Config, *, restart: bool) -> Non
 
 def cmd_doctor(args: argparse.Namespace, host: Host, config: Config) -> int:
     from . import doctor
-    from .status import gather_report
+    from .status import ask_nix, gather_report
 
+    reading = ask_nix(host, config)
     looked = read_and_plan(host, config)
-    report = gather_report(looked.world, looked.plan, host, config)
+    report = gather_report(looked.world, looked.plan, host, config, reading)
     systems = tuple(sorted(set(looked.plan.platforms) | set(config.emulated_systems)))
     diagnoses = doctor.diagnose(report, systems, as_root=os.geteuid() == 0)
-    print(json.dumps(doctor.to_json(diagnoses), indent=2) if args.json
-          else doctor.to_text(diagnoses))
+    if args.json:
+        print_json(doctor.to_json(diagnoses))
+    else:
+        print(doctor.to_text(diagnoses))
     return EXIT_OK if all(d.ok for d in diagnoses) else EXIT_ATTENTION
 
 
@@ -237,10 +241,19 @@ def cmd_remove(args: argparse.Namespace, host: Host, config: Config) -> int:
 def unified_diff(world: World, new_text: str) -> str:
     old = world.managed_text or ""
     name = str(world.managed)
+    import difflib
+
     return "".join(difflib.unified_diff(
         old.splitlines(keepends=True), new_text.splitlines(keepends=True),
         fromfile=name, tofile=f"{name} (binfmtd)",
     ))
+
+
+def print_json(value: object) -> None:
+    """--json: one object, indented (json is imported only by the commands that print it)."""
+    import json
+
+    print(json.dumps(value, indent=2))
 
 
 def _warn_problems(problems: Sequence[object]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -68,6 +67,8 @@ def write_conf_text(path: Path, text: str) -> bool:
 
 
 def _replace(target: Path, data: bytes) -> None:
+    import tempfile  # writers only: `binfmtd status` never pays for it
+
     try:
         old = os.stat(target)
     except FileNotFoundError:

@@ -150,10 +150,6 @@ def refuse_unsafe_owner(path: Path, stat: os.stat_result, euid: int) -> None:
 
 def read_config(path: Path, *, required: bool) -> Config:
     """Read config.toml; a missing file means defaults unless the user named it."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - exercised on Python < 3.11 only
-        import tomli as tomllib
     try:
         with open(path, "rb") as file:
             refuse_unsafe_owner(path, os.fstat(file.fileno()), os.geteuid())
@@ -165,7 +161,21 @@ def read_config(path: Path, *, required: bool) -> Config:
     except OSError as error:
         raise BinfmtdError(f"{path}: cannot read: {error.strerror}") from error
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
         raise BinfmtdError(f"{path}: not valid TOML: {error}") from error
-    return parse_config(data, str(path))
+    if all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):
+        return Config()  # the packaged file is all comments: no TOML parser needed
+    return parse_config(_parse_toml(text, path), str(path))
+
+
+def _parse_toml(text: str, path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python < 3.11 only
+        import tomli as tomllib
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise BinfmtdError(f"{path}: not valid TOML: {error}") from error
+    return data

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import platform
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -32,7 +32,7 @@ class Host:
     config: Path = DEFAULT_CONFIG
     config_required: bool = False  # the user named the config file: it must exist
     binfmt_d: Path = DEFAULT_BINFMT_D  # where `register` leaves its lines for systemd-binfmt
-    system: str = field(default_factory=lambda: host_system(platform.machine()))
+    system: str = field(default_factory=lambda: host_system(os.uname().machine))
 
 
 @dataclass(frozen=True)

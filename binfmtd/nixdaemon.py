@@ -15,7 +15,7 @@ from .config import RestartPolicy
 from .errors import BinfmtdError
 from .proc import run_program
 
-# psutil derives start times from the boot time, which /proc/stat gives in whole seconds.
+# Start times derive from the boot time, which /proc/stat gives in whole seconds.
 START_TIME_SLACK_SECONDS = 1.0
 
 
@@ -31,24 +31,58 @@ class DaemonProcess:
     conf_dir: str  # where it read nix.conf: NIX_CONF_DIR, else /etc/nix
 
 
-def find_nix_daemons(conf_dir: str) -> list[DaemonProcess]:
-    """Every listening nix-daemon that reads its nix.conf from `conf_dir`."""
-    import psutil  # imported here: only status and restarts need it
+def find_nix_daemons(conf_dir: str, proc: str = "/proc") -> list[DaemonProcess]:
+    """Every listening nix-daemon that reads its nix.conf from `conf_dir`.
 
+    Read straight from /proc (comm, stat, environ: three small files per nix-daemon),
+    which costs status less than importing a process library would.
+    """
+    pids = [pid for pid in _numbered(proc) if _comm(proc, pid) == "nix-daemon"]
     found = []
-    for process in psutil.process_iter(["name", "ppid", "create_time"]):
-        info = process.info
-        if info["name"] != "nix-daemon":
-            continue
+    for pid in pids:
         try:
-            parent_name = psutil.Process(info["ppid"]).name() if info["ppid"] else ""
-            environ = process.environ()
-        except psutil.Error:
-            continue
+            ppid, started = _stat(proc, pid)
+            environ = _environ(proc, pid)
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
         daemon_dir = environ.get("NIX_CONF_DIR", DEFAULT_CONF_DIR)
-        if parent_name != "nix-daemon" and _same_folder(daemon_dir, conf_dir):
-            found.append(DaemonProcess(process.pid, info["create_time"], daemon_dir))
+        if ppid not in pids and _same_folder(daemon_dir, conf_dir):
+            found.append(DaemonProcess(pid, started, daemon_dir))
     return found
+
+
+def _numbered(proc: str) -> list[int]:
+    return [int(name) for name in os.listdir(proc) if name.isdigit()]
+
+
+def _comm(proc: str, pid: int) -> str:
+    try:
+        with open(f"{proc}/{pid}/comm", "rb") as file:
+            return file.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _stat(proc: str, pid: int) -> tuple[int, float]:
+    """(parent pid, start time in seconds since the epoch) from /proc/PID/stat."""
+    with open(f"{proc}/{pid}/stat", "rb") as file:
+        fields = file.read().rsplit(b")", 1)[1].split()
+    ticks = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    return int(fields[1]), _boot_time(proc) + ticks
+
+
+def _boot_time(proc: str) -> float:
+    with open(f"{proc}/stat", "rb") as file:
+        for line in file:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    raise ValueError("no btime in /proc/stat")
+
+
+def _environ(proc: str, pid: int) -> dict[str, str]:
+    with open(f"{proc}/{pid}/environ", "rb") as file:
+        pairs = file.read().decode(errors="replace").split("\0")
+    return dict(pair.split("=", 1) for pair in pairs if "=" in pair)
 
 
 def _same_folder(one: str, other: str) -> bool:

@@ -6,28 +6,45 @@ import contextlib
 import os
 from typing import Optional
 
+from .conffile import managed_file, read_conf_text
 from .config import Config
 from .errors import BinfmtdError
 from .host import Host, World
 from .nixdaemon import failed_units, find_nix_daemons, started_before, systemd_running
-from .nixtool import find_nix, validate_candidate
+from .nixtool import NixReading, find_nix, start_reading
 from .reconcile import Plan
 from .report import Report
 
 
-def gather_report(world: World, planned: Plan, host: Host, config: Config, *,
-                  ask_nix: bool = True) -> Report:
+def ask_nix(host: Host, config: Config) -> Optional[NixReading]:
+    """Start Nix's own reading of nix.conf as it is now; None where Nix is not installed.
+
+    Started before binfmt_misc is read, so that the two overlap.
+    """
+    nix = find_nix()
+    if nix is None:
+        return None
+    if host.nix_conf.name == "nix.conf":  # Nix reads the real folder, as nix-daemon does
+        return NixReading(nix, host.nix_conf.parent)
+    main_text = read_conf_text(host.nix_conf)
+    managed = managed_file(host.nix_conf, main_text, config.nix_conf_target)
+    text = main_text if managed == host.nix_conf else read_conf_text(managed)
+    return start_reading(nix, host.nix_conf, managed, text or "", main_text or "")
+
+
+def gather_report(world: World, planned: Plan, host: Host, config: Config,
+                  reading: Optional[NixReading]) -> Report:
+    """The plan, with Nix's own reading (from ask_nix) and nix-daemon's state."""
     effective: Optional[dict[str, str]] = None
     effective_error = None
-    nix = find_nix() if ask_nix else None
-    if nix is not None:
+    if reading is not None:
         try:
-            effective = validate_candidate(nix, host.nix_conf, world.managed,
-                                           world.managed_text or "", world.main_text or "")
+            effective = reading.result()
         except BinfmtdError as error:
             effective_error = str(error)
+    nix = reading is not None or find_nix() is not None
     daemons = tuple(find_nix_daemons(str(host.nix_conf.parent)))
-    nix_installed = nix is not None or world.managed.parent.is_dir()
+    nix_installed = nix or world.managed.parent.is_dir()
     unit = config.restart.unit
     unit_failure = failed_units(unit) if unit is not None and systemd_running() else None
     changed = _last_change(world)

@@ -101,3 +101,11 @@ def test_a_root_owned_config_that_only_root_may_write_is_read(tmp_path: Path) ->
     path = write(tmp_path, "declare-i686 = true\n")
     path.chmod(0o644)
     assert read_config(path, required=True).declare_i686
+
+
+def test_a_file_of_comments_only_means_defaults(tmp_path: Path) -> None:
+    packaged = Path(__file__).parents[2] / "packaging" / "config.toml"
+    assert read_config(packaged, required=True) == Config()
+    assert read_config(write(tmp_path, "# restart = false\n\n   # x\n"), required=True) == Config()
+    assert read_config(write(tmp_path, "# a comment\nrestart = false\n"),
+                       required=True).restart.never
