@@ -20,7 +20,7 @@ test: deps venv lint
 	$(BIN)/python -m pytest -ra tests
 
 lint: venv
-	$(BIN)/ruff check binfmtd tests bench
+	$(BIN)/ruff check binfmtd tests bench tools
 	$(BIN)/mypy
 
 unit: venv

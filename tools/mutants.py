@@ -42,6 +42,8 @@ WRITER = "binfmtd/conffile.py"
 # The strace test first: it is the one that sees O_EXCL and the two fsyncs.
 WRITER_TESTS = "tests/integration/test_writer_syscalls.py tests/unit"
 FUZZ = "tests/unit/test_entry_fuzz.py"
+RULES = "binfmtd/rules.py"
+RULES_TESTS = "tests/unit/test_daemon_rules.py"
 RUN_TIMEOUT = 1800
 
 
@@ -82,6 +84,15 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(FUZZ, "SAMPLES = samples()",
            "SAMPLES = st.text(max_size=400).map(lambda text: Sample(text, None))",
            "fuzz: the strategy is random text again", FUZZ),
+    # The daemon's timing rules (binfmtd/rules.py), driven on made-up times.
+    Mutant(RULES, "min(now + self.timing.debounce, start + self.timing.max_delay)",
+           "min(now, start + self.timing.max_delay)", "daemon: debounce 0", RULES_TESTS),
+    Mutant(RULES, "min(now + self.timing.debounce, start + self.timing.max_delay)",
+           "now + self.timing.debounce", "daemon: no storm cap", RULES_TESTS),
+    Mutant(RULES, "max(now, self._last_restart + self.timing.restart_gap)", "now",
+           "daemon: no restart rate limit", RULES_TESTS),
+    Mutant(RULES, "self._restart_at = now + delay", "self._restart_at = now",
+           "daemon: no back-off", RULES_TESTS),
 )
 
 
