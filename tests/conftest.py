@@ -7,11 +7,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
+
+from tests.private_binfmt import NamespaceError, PrivateBinfmt
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,16 +46,52 @@ def require(condition: object, reason: str) -> None:
     pytest.skip(reason)
 
 
+def waits_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """True as soon as `condition` holds; False if it did not within `timeout`. A False is
+    only a finding with a control: the same wait seeing a real change in the same test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
 def binfmt_line(name: str, interpreter: str, flags: str = "OPF",
                 magic: str = DEBIAN_AARCH64_MAGIC, mask: str = DEBIAN_AARCH64_MASK) -> str:
     return f":{name}:M::{magic}:{mask}:{interpreter}:{flags}"
 
 
 @pytest.fixture
-def real_binfmt() -> Iterator[Callable[[str], str]]:
-    """Register lines in the real binfmt_misc; every name is removed again afterwards.
+def real_binfmt() -> Iterator[PrivateBinfmt]:
+    """The real kernel's binfmt_misc, in a private instance for this test alone.
 
-    Yields `register(line) -> name`; names must start with binfmtd-test-.
+    A user namespace of its own (Linux >= 6.7) gives an empty binfmt_misc that the host
+    never sees, and where the host's own handlers do not apply: the test neither reads
+    nor changes the host's entries, and is not helped by them. Register with
+    `.register(line)`, point binfmtd at `.binfmt_misc`, or run a program inside with
+    `.argv(cmd)`. Everything inside ends with the test.
+    """
+    require(os.geteuid() == 0, "a private binfmt_misc needs root (to map the user namespace)")
+    require(shutil.which("nsenter") is not None, "nsenter not found (util-linux)")
+    namespace = PrivateBinfmt()
+    try:
+        namespace.start()
+    except NamespaceError as error:
+        require(False, f"{error} (Linux >= 6.7 gives each user namespace a binfmt_misc)")
+    try:
+        yield namespace
+    finally:
+        namespace.stop()
+
+
+@pytest.fixture
+def host_binfmt() -> Iterator[Callable[[str], str]]:
+    """Register lines in the HOST's binfmt_misc; every name is removed again afterwards.
+
+    Only for tiers that must share the host's instance (an installed package whose
+    service reads /proc/sys/fs/binfmt_misc): they use binfmtd-test-* names and read
+    nothing else. Everything that can runs in `real_binfmt` instead.
     """
     require(os.geteuid() == 0, "registering binfmt_misc handlers needs root")
     if not (PROC_BINFMT / "register").exists():
@@ -80,7 +120,7 @@ def real_binfmt() -> Iterator[Callable[[str], str]]:
 
 
 def unregister(name: str) -> None:
-    """Remove an entry if it is there (opening a missing one fails with EACCES, not ENOENT)."""
+    """Remove a host entry if it is there (opening a missing one fails with EACCES)."""
     entry = PROC_BINFMT / name
     if entry.exists():
         with contextlib.suppress(FileNotFoundError):
@@ -110,3 +150,36 @@ def debian_package() -> Path:
     path = REPO / "dist" / f"binfmtd_{version}_all.deb"
     assert path.is_file(), built.stdout[-2000:]
     return path
+
+
+# --- wall time of each tier, in the terminal summary ----------------------------------
+
+
+@dataclass
+class _Span:
+    start: float
+    stop: float
+    tests: int = 0
+
+
+_tiers: dict[str, _Span] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Note when each tier (tests/<tier>/) started and ended, from its tests' phases."""
+    parts = Path(report.fspath).parts
+    if len(parts) < 3 or parts[0] != "tests":
+        return
+    span = _tiers.setdefault(parts[1], _Span(report.start, report.stop))
+    span.start = min(span.start, report.start)
+    span.stop = max(span.stop, report.stop)
+    span.tests += report.when == "setup"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _tiers:
+        return
+    terminalreporter.section("wall time per tier")
+    for tier, span in sorted(_tiers.items()):
+        terminalreporter.write_line(
+            f"{span.stop - span.start:8.1f} s  tests/{tier} ({span.tests} tests)")

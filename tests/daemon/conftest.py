@@ -1,4 +1,9 @@
-"""Run the real `binfmtd run` as systemd would: a process, a notify socket, signals."""
+"""Run the real `binfmtd run` as systemd would: a process, a notify socket, signals.
+
+Every daemon watches a private binfmt_misc (tests/private_binfmt.py): either from the
+host, through the instance's /proc/PID/root path, or, where the test is about what the
+daemon sees in its own mount namespace (binfmt_misc unmounted, mounted again), run inside.
+"""
 
 from __future__ import annotations
 
@@ -10,29 +15,37 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import pytest
 
-from tests.conftest import PROC_BINFMT
+from binfmtd.inotify import IN_CLOSE_WRITE, Inotify
+from tests.conftest import waits_for
+from tests.private_binfmt import PrivateBinfmt
+
+IN_CLOSE_NOWRITE = 0x00000010
 
 
 class RunningDaemon:
     """A `binfmtd run` process, the messages it sent to NOTIFY_SOCKET, and its files."""
 
-    def __init__(self, root: Path, binfmt_misc: Path = PROC_BINFMT) -> None:
+    def __init__(self, root: Path, namespace: PrivateBinfmt, *, inside: bool = False,
+                 binfmt_misc: Optional[Path] = None) -> None:
         self.root = root
+        self.namespace = namespace
+        self.inside = inside  # run in the namespace, where binfmt_misc is at its usual path
         self.nix_conf = root / "etc-nix" / "nix.conf"
         self.nix_conf.parent.mkdir(exist_ok=True)
         if not self.nix_conf.exists():
             self.nix_conf.write_text("sandbox = true\n")
         self.config = root / "config.toml"
         self.restart_log = root / "restarts.log"
-        self.binfmt_misc = binfmt_misc
+        self.binfmt_misc = binfmt_misc or (None if inside else namespace.binfmt_misc)
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.socket.bind(str(root / "notify.sock"))
         self.messages: list[str] = []
         self.process: subprocess.Popen[str] | None = None
+        self.pid = 0  # binfmtd itself (inside, nsenter is its parent and passes no signal on)
 
     def write_config(self, extra: str = "") -> None:
         recorder = self.root / "restart-nix-daemon"
@@ -46,13 +59,17 @@ class RunningDaemon:
         if not self.config.exists():
             self.write_config()
         env = {**os.environ, "NOTIFY_SOCKET": str(self.root / "notify.sock"),
-               "BINFMTD_NIX_CONF": str(self.nix_conf), "BINFMTD_CONFIG": str(self.config),
-               "BINFMTD_BINFMT_MISC": str(self.binfmt_misc)}
+               "BINFMTD_NIX_CONF": str(self.nix_conf), "BINFMTD_CONFIG": str(self.config)}
+        env.pop("BINFMTD_BINFMT_MISC", None)
+        if self.binfmt_misc is not None:
+            env["BINFMTD_BINFMT_MISC"] = str(self.binfmt_misc)
+        argv = [sys.executable, "-m", "binfmtd", "run", "--log-format", "json", *args]
+        if self.inside:
+            argv = self.namespace.argv(argv)
         with open(self.root / "daemon.log", "w") as log:  # the child keeps its own copy
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "binfmtd", "run", "--log-format", "json", *args],
-                env=env, stderr=log, text=True,
-            )
+            self.process = subprocess.Popen(argv, env=env, stderr=log, text=True)
+        self.pid = (self.namespace.child_of(self.process) if self.inside
+                    else self.process.pid)
 
     @property
     def restarts(self) -> int:
@@ -79,21 +96,18 @@ class RunningDaemon:
     def wait_until(self, condition: Callable[[], bool], timeout: float = 3) -> float:
         """Seconds until `condition` held; fails after `timeout`."""
         start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if condition():
-                return time.monotonic() - start
-            time.sleep(0.01)
-        raise AssertionError(f"condition not met within {timeout} s\n{self.log}")
+        if not waits_for(condition, timeout):
+            raise AssertionError(f"condition not met within {timeout} s\n{self.log}")
+        return time.monotonic() - start
 
     def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
+        os.kill(self.pid, signum)
 
     def stop(self) -> int:
         if self.process is None:
             return 0
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout=5)
         finally:
@@ -102,9 +116,51 @@ class RunningDaemon:
             self.socket.close()
 
 
+class Reads:
+    """Who read a binfmt_misc folder's entries since our last write to it.
+
+    Every reconcile reads the entries; the kernel reports each read-only close as
+    IN_CLOSE_NOWRITE, in order with our own writes (IN_CLOSE_WRITE). So "a read after my
+    last write" means the daemon looked at the world as I left it.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.inotify = Inotify()
+        self.inotify.add_watch(str(folder), IN_CLOSE_NOWRITE | IN_CLOSE_WRITE)
+        self.events: list[tuple[int, str]] = []
+
+    def wait_for_a_read_after_my_writes(self, timeout: float = 3) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.events += [(e.mask, e.name) for e in self.inotify.read_events()]
+            writes = [i for i, (mask, _) in enumerate(self.events) if mask & IN_CLOSE_WRITE]
+            after = self.events[writes[-1] + 1:] if writes else self.events
+            if any(mask & IN_CLOSE_NOWRITE and name for mask, name in after):
+                return
+            assert time.monotonic() < deadline, f"nobody read the entries: {self.events}"
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.inotify.close()
+
+
+def wakeups(pid: int) -> int:
+    """How often the process was scheduled: it cannot run without a context switch."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if ":" in line)
+    return int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"])
+
+
+def blocked_in_select(pid: int) -> bool:
+    """Asleep in select/poll (the kernel names the function it waits in)."""
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    wchan = Path(f"/proc/{pid}/wchan").read_text()
+    return state == "S" and ("poll" in wchan or "select" in wchan)
+
+
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
-    running = RunningDaemon(tmp_path)
+def daemon(tmp_path: Path, real_binfmt: PrivateBinfmt) -> Iterator[RunningDaemon]:
+    running = RunningDaemon(tmp_path, real_binfmt)
     try:
         yield running
     finally:

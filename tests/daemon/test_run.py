@@ -1,4 +1,5 @@
-"""`binfmtd run` against the real binfmt_misc: events in, nix.conf and restarts out."""
+"""`binfmtd run` against the real kernel's binfmt_misc (a private instance for each test):
+events in, nix.conf and restarts out."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import PROC_BINFMT, binfmt_line, require, unregister
-from tests.daemon.conftest import RunningDaemon
+import psutil
+
+from tests.conftest import binfmt_line, require, waits_for
+from tests.daemon.conftest import (
+    Reads,
+    RunningDaemon,
+    blocked_in_select,
+    wakeups,
+)
+from tests.private_binfmt import BINFMT_MISC, PrivateBinfmt
 
 RISCV64_MAGIC = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00"
 S390X_MAGIC = r"\x7f\x45\x4c\x46\x02\x02\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x16"
@@ -31,9 +40,9 @@ def lacks(daemon: RunningDaemon, system: str) -> Callable[[], bool]:
 
 
 def test_ready_after_the_first_reconcile_and_status_names_the_platforms(
-    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+    daemon: RunningDaemon, real_binfmt: PrivateBinfmt
 ) -> None:
-    real_binfmt(RISCV64)
+    real_binfmt.register(RISCV64)
     daemon.start()
     ready = daemon.wait_for_message("READY=1")
     assert "riscv64-linux" in daemon.nix_conf.read_text()  # written before READY
@@ -42,14 +51,14 @@ def test_ready_after_the_first_reconcile_and_status_names_the_platforms(
 
 
 def test_registering_and_removing_a_handler_updates_nix_conf_within_a_second(
-    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+    daemon: RunningDaemon, real_binfmt: PrivateBinfmt
 ) -> None:
     daemon.start()
     daemon.wait_for_message("READY=1")
-    name = real_binfmt(RISCV64)
+    name = real_binfmt.register(RISCV64)
     added = daemon.wait_until(declares(daemon, "riscv64-linux"), timeout=1)
     daemon.wait_until(lambda: daemon.restarts == 1)
-    unregister(name)
+    real_binfmt.unregister(name)
     removed = daemon.wait_until(lacks(daemon, "riscv64-linux"), timeout=1)
     daemon.wait_until(lambda: daemon.restarts == 2)
     print(f"register -> nix.conf: {added * 1000:.0f} ms; unregister -> nix.conf: "
@@ -58,29 +67,36 @@ def test_registering_and_removing_a_handler_updates_nix_conf_within_a_second(
 
 
 def test_flush_and_reregister_like_systemd_binfmt_writes_and_restarts_nothing(
-    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+    daemon: RunningDaemon, real_binfmt: PrivateBinfmt
 ) -> None:
-    real_binfmt(RISCV64)
-    real_binfmt(S390X)
+    real_binfmt.register(RISCV64)
+    real_binfmt.register(S390X)
     daemon.start()
     daemon.wait_for_message("READY=1")
     daemon.wait_until(lambda: daemon.restarts == 1)
     before = daemon.nix_conf.stat().st_mtime_ns
+    reads = Reads(real_binfmt.binfmt_misc)
     for _ in range(3):  # systemd-binfmt: -1 everything, then register every line again
-        unregister("binfmtd-test-riscv64")
-        unregister("binfmtd-test-s390x")
-        real_binfmt(RISCV64)
-        real_binfmt(S390X)
-    time.sleep(1.0)
-    assert daemon.nix_conf.stat().st_mtime_ns == before
-    assert daemon.restarts == 1
-    assert daemon.log.count("nixconf.written") == 1  # the first sync only
+        real_binfmt.unregister("binfmtd-test-riscv64")
+        real_binfmt.unregister("binfmtd-test-s390x")
+        real_binfmt.register(RISCV64)
+        real_binfmt.register(S390X)
+    reads.wait_for_a_read_after_my_writes()  # the daemon looked at the world after the flush
+    # The control: a real change now. Its write must be the only one since the first
+    # sync, and the same waits must see it (else the daemon stopped watching).
+    real_binfmt.unregister("binfmtd-test-s390x")
+    daemon.wait_until(lacks(daemon, "s390x-linux"), timeout=1)
+    daemon.wait_until(lambda: daemon.restarts == 2)
+    reads.close()
+    assert daemon.nix_conf.stat().st_mtime_ns != before
+    assert daemon.log.count("nixconf.written") == 2  # the first sync and the control only
+    assert daemon.restarts == 2
 
 
 def test_a_hand_edit_that_drops_the_block_is_repaired(
-    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+    daemon: RunningDaemon, real_binfmt: PrivateBinfmt
 ) -> None:
-    real_binfmt(RISCV64)
+    real_binfmt.register(RISCV64)
     daemon.start()
     daemon.wait_for_message("READY=1")
     daemon.nix_conf.write_text("sandbox = true\nmax-jobs = 4\n")  # a template run, say
@@ -89,10 +105,10 @@ def test_a_hand_edit_that_drops_the_block_is_repaired(
 
 
 def test_sighup_reloads_the_config_and_resyncs(
-    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+    daemon: RunningDaemon, real_binfmt: PrivateBinfmt
 ) -> None:
-    real_binfmt(RISCV64)
-    real_binfmt(S390X)
+    real_binfmt.register(RISCV64)
+    real_binfmt.register(S390X)
     daemon.start()
     daemon.wait_for_message("READY=1")
     daemon.write_config('ignore-platforms = ["s390x-linux"]\n')
@@ -104,9 +120,9 @@ def test_sighup_reloads_the_config_and_resyncs(
 
 
 def test_a_bad_config_on_reload_keeps_the_old_one_running(
-    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+    daemon: RunningDaemon, real_binfmt: PrivateBinfmt
 ) -> None:
-    real_binfmt(RISCV64)
+    real_binfmt.register(RISCV64)
     daemon.start()
     daemon.wait_for_message("READY=1")
     daemon.config.write_text("restrat = false\n")
@@ -125,7 +141,7 @@ def test_sigterm_exits_0_and_says_stopping(daemon: RunningDaemon) -> None:
 
 
 def test_a_failing_restart_is_retried_with_back_off_and_shown(
-    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+    daemon: RunningDaemon, real_binfmt: PrivateBinfmt
 ) -> None:
     flaky = daemon.root / "flaky-restart"
     flaky.write_text(f"#!/bin/sh\necho try >> {daemon.restart_log}\n"
@@ -134,7 +150,7 @@ def test_a_failing_restart_is_retried_with_back_off_and_shown(
     daemon.config.write_text(f'restart = ["{flaky}"]\n')
     daemon.start()
     daemon.wait_for_message("READY=1")
-    real_binfmt(RISCV64)
+    real_binfmt.register(RISCV64)
     daemon.wait_for_message("restart failed 1x")
     (daemon.root / "ok").touch()
     daemon.wait_until(lambda: daemon.restarts == 2, timeout=4)  # back-off: 2 s
@@ -142,17 +158,17 @@ def test_a_failing_restart_is_retried_with_back_off_and_shown(
 
 
 def test_restarts_are_rate_limited(
-    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+    daemon: RunningDaemon, real_binfmt: PrivateBinfmt
 ) -> None:
     daemon.write_config()
     daemon.config.write_text(daemon.config.read_text().replace(
         "restart-interval-seconds = 0.5", "restart-interval-seconds = 2"))
     daemon.start()
     daemon.wait_for_message("READY=1")
-    real_binfmt(RISCV64)
+    real_binfmt.register(RISCV64)
     daemon.wait_until(lambda: daemon.restarts == 1)
     first = time.monotonic()
-    real_binfmt(S390X)
+    real_binfmt.register(S390X)
     daemon.wait_until(declares(daemon, "s390x-linux"), timeout=1)
     assert daemon.restarts == 1  # the second restart waits for the interval
     daemon.wait_until(lambda: daemon.restarts == 2, timeout=3)
@@ -160,7 +176,7 @@ def test_restarts_are_rate_limited(
 
 
 def test_an_unwritable_nix_conf_is_logged_and_retried_on_the_next_event(
-    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+    daemon: RunningDaemon, real_binfmt: PrivateBinfmt
 ) -> None:
     require(os.geteuid() == 0, "mounting a read-only tmpfs needs root")
     folder = daemon.nix_conf.parent
@@ -169,11 +185,11 @@ def test_an_unwritable_nix_conf_is_logged_and_retried_on_the_next_event(
         daemon.nix_conf.write_text("sandbox = true\n")
         subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
         daemon.start()
-        real_binfmt(RISCV64)
+        real_binfmt.register(RISCV64)
         daemon.wait_for_message("error: cannot write")  # with READY=1, or after it
         assert daemon.process is not None and daemon.process.poll() is None
         subprocess.run(["mount", "-o", "remount,rw", str(folder)], check=True)
-        real_binfmt(S390X)
+        real_binfmt.register(S390X)
         daemon.wait_until(declares(daemon, "riscv64-linux"), timeout=2)
         assert daemon.log.count("reconcile.failed") == 1  # logged once, not per event
     finally:
@@ -182,43 +198,48 @@ def test_an_unwritable_nix_conf_is_logged_and_retried_on_the_next_event(
 
 
 def test_waits_for_binfmt_misc_to_be_mounted_without_spinning(
-    tmp_path: Path, real_binfmt: Callable[[str], str]
+    tmp_path: Path, real_binfmt: PrivateBinfmt
 ) -> None:
-    require(os.geteuid() == 0, "mounting binfmt_misc needs root")
-    real_binfmt(RISCV64)
-    mountpoint = tmp_path / "binfmt_misc"
-    mountpoint.mkdir()
-    waiting = RunningDaemon(tmp_path, binfmt_misc=mountpoint)
+    """At boot binfmtd may start before /proc/sys/fs/binfmt_misc is mounted: it waits in
+    select without waking up, and acts on the mount itself (no inotify event for that)."""
+    side = tmp_path / "side"  # an instance already holds an entry, as after systemd-binfmt
+    side.mkdir()
+    unmounted = real_binfmt.run(["sh", "-c", f"mount -t binfmt_misc binfmt_misc {side} && "
+                                             f"umount {BINFMT_MISC}"])
+    assert unmounted.returncode == 0, unmounted.stderr
+    real_binfmt.register(RISCV64, folder=real_binfmt.inside(str(side)))
+    waiting = RunningDaemon(tmp_path, real_binfmt, inside=True)
     try:
         waiting.start()
         ready = waiting.wait_for_message("READY=1")
         assert "waiting for binfmt_misc" in ready
-        time.sleep(0.5)
-        assert _cpu_seconds(waiting) < 0.5  # blocked in select, not polling
-        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(mountpoint)],
-                       check=True)
+        waiting.wait_until(lambda: blocked_in_select(waiting.pid))
+        asleep = wakeups(waiting.pid)
+        cpu = _cpu_seconds(waiting)
+        woke = waits_for(lambda: wakeups(waiting.pid) != asleep, timeout=0.5)
+        assert not woke, "the daemon woke up with nothing to do: it polls"
+        assert _cpu_seconds(waiting) - cpu < 0.05
+        mounted = real_binfmt.run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT_MISC])
+        assert mounted.returncode == 0, mounted.stderr
+        assert waits_for(lambda: wakeups(waiting.pid) != asleep, timeout=2)  # the control
         waiting.wait_until(declares(waiting, "riscv64-linux"), timeout=2)
+        assert "binfmt_misc.mounted" in waiting.log
     finally:
         waiting.stop()
-        subprocess.run(["umount", str(mountpoint)], check=False)
 
 
 def _cpu_seconds(daemon: RunningDaemon) -> float:
-    import psutil
-
-    assert daemon.process is not None
-    times = psutil.Process(daemon.process.pid).cpu_times()
+    times = psutil.Process(daemon.pid).cpu_times()
     return float(times.user + times.system)
 
 
 def test_json_logs_are_one_object_per_line(
-    daemon: RunningDaemon, real_binfmt: Callable[[str], str]
+    daemon: RunningDaemon, real_binfmt: PrivateBinfmt
 ) -> None:
-    real_binfmt(RISCV64)
+    real_binfmt.register(RISCV64)
     daemon.start()
     daemon.wait_for_message("READY=1")
     daemon.stop()
     events = [json.loads(line) for line in daemon.log.splitlines()]
     written = next(e for e in events if e["event"] == "nixconf.written")
     assert written["platforms"] == ["riscv64-linux"]
-    assert PROC_BINFMT.exists()
