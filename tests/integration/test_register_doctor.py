@@ -1,4 +1,8 @@
-"""`binfmtd register`, `unregister` and `doctor` on this machine's real binfmt_misc."""
+"""`binfmtd register`, `unregister` and `doctor` on the real kernel's binfmt_misc.
+
+binfmtd runs inside a private namespace (tests/private_binfmt.py), as it would on a
+machine: doctor runs each generated program there, under the handler it registered.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from binfmtd.platforms import NIX_SYSTEMS
-from tests.conftest import PROC_BINFMT, binfmt_line, require, unregister
+from tests.conftest import binfmt_line, require
+from tests.private_binfmt import PrivateBinfmt
 
 PREFIX = "binfmtd-test-reg-"
 DOCTOR_SYSTEMS = ["aarch64-linux", "armv7l-linux", "riscv64-linux", "powerpc64le-linux",
@@ -20,48 +23,36 @@ DOCTOR_SYSTEMS = ["aarch64-linux", "armv7l-linux", "riscv64-linux", "powerpc64le
 
 
 class Setup:
-    def __init__(self, root: Path, systems: list[str]) -> None:
+    def __init__(self, root: Path, binfmt: PrivateBinfmt) -> None:
         self.root = root
+        self.binfmt = binfmt
         self.binfmt_d = root / "binfmt.d"
         self.binfmt_d.mkdir()
         self.nix_conf = root / "nix.conf"
         self.nix_conf.write_text("sandbox = true\n")
         self.config = root / "config.toml"
-        # Only the systems under test count: other handlers on this kernel are not ours.
-        others = sorted(set(NIX_SYSTEMS.values()) - set(systems) - {"armv6l-linux"})
-        self.config.write_text(f'registration-prefix = "{PREFIX}"\nrestart = false\n'
-                               f"ignore-platforms = {json.dumps(others)}\n")
+        self.config.write_text(f'registration-prefix = "{PREFIX}"\nrestart = false\n')
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """binfmtd inside the namespace, at the usual /proc/sys/fs/binfmt_misc."""
         env = {**os.environ, "BINFMTD_NIX_CONF": str(self.nix_conf),
-               "BINFMTD_CONFIG": str(self.config), "BINFMTD_BINFMT_D": str(self.binfmt_d),
-               "BINFMTD_BINFMT_MISC": str(PROC_BINFMT)}
-        return subprocess.run([sys.executable, "-m", "binfmtd", *args], capture_output=True,
-                              text=True, env=env, timeout=120, check=False)
-
-
-def entries_not_from_tests() -> list[str]:
-    """The machine's own entries (other test tiers may register binfmtd-test-* meanwhile)."""
-    return sorted(p.name for p in PROC_BINFMT.iterdir() if not p.name.startswith("binfmtd-test-"))
+               "BINFMTD_CONFIG": str(self.config), "BINFMTD_BINFMT_D": str(self.binfmt_d)}
+        env.pop("BINFMTD_BINFMT_MISC", None)
+        return self.binfmt.run([sys.executable, "-m", "binfmtd", *args], env=env)
 
 
 @pytest.fixture
-def setup(tmp_path: Path, real_binfmt: Callable[[str], str]) -> Iterator[Setup]:
+def setup(tmp_path: Path, real_binfmt: PrivateBinfmt) -> Setup:
     require(Path("/usr/libexec/qemu-binfmt").is_dir(), "qemu-user-static is not installed")
-    try:
-        yield Setup(tmp_path, [*DOCTOR_SYSTEMS, "armv6l-linux"])
-    finally:
-        for entry in PROC_BINFMT.iterdir():
-            if entry.name.startswith(PREFIX):
-                unregister(entry.name)
+    return Setup(tmp_path, real_binfmt)
 
 
 def test_register_doctor_unregister_leaves_the_machine_as_it_was(setup: Setup) -> None:
-    before = entries_not_from_tests()
+    assert setup.binfmt.entries() == []  # a private instance starts empty
     registered = setup.run("register", *DOCTOR_SYSTEMS)
     assert registered.returncode == 0, registered.stdout + registered.stderr
     for system in DOCTOR_SYSTEMS:
-        entry = (PROC_BINFMT / f"{PREFIX}{system}").read_text()
+        entry = (setup.binfmt.binfmt_misc / f"{PREFIX}{system}").read_text()
         assert entry.startswith("enabled\n") and "flags: POF" in entry
         line = (setup.binfmt_d / f"{PREFIX}{system}.conf").read_text()
         assert f":{PREFIX}{system}:M::" in line
@@ -81,17 +72,16 @@ def test_register_doctor_unregister_leaves_the_machine_as_it_was(setup: Setup) -
 
     removed = setup.run("unregister", *DOCTOR_SYSTEMS)
     assert removed.returncode == 0, removed.stderr
-    assert entries_not_from_tests() == before
-    assert not [p for p in PROC_BINFMT.iterdir() if p.name.startswith(PREFIX)]
+    assert setup.binfmt.entries() == []
     assert list(setup.binfmt_d.iterdir()) == []
     assert setup.nix_conf.read_text() == "sandbox = true\n"
 
 
 def test_doctor_finds_a_missing_sandbox_path_and_sync_mends_it(
-    setup: Setup, real_binfmt: Callable[[str], str]
+    setup: Setup, real_binfmt: PrivateBinfmt
 ) -> None:
-    real_binfmt(binfmt_line("binfmtd-test-nof", "/usr/libexec/qemu-binfmt/aarch64-binfmt-P",
-                            flags="OP"))
+    real_binfmt.register(binfmt_line("binfmtd-test-nof",
+                                     "/usr/libexec/qemu-binfmt/aarch64-binfmt-P", flags="OP"))
     setup.nix_conf.write_text("sandbox = true\nextra-extra-platforms = aarch64-linux\n")
     sick = setup.run("doctor")
     assert sick.returncode == 1
@@ -108,16 +98,16 @@ def test_a_system_binfmtd_has_no_registration_for_is_an_error(setup: Setup) -> N
 
 
 def test_someone_elses_broken_handler_is_not_shadowed_unless_config_says_so(
-    setup: Setup, real_binfmt: Callable[[str], str]
+    setup: Setup, real_binfmt: PrivateBinfmt
 ) -> None:
-    real_binfmt(binfmt_line("binfmtd-test-broken", "/nonexistent/qemu-aarch64", flags="P"))
+    real_binfmt.register(binfmt_line("binfmtd-test-broken", "/nonexistent/qemu-aarch64", flags="P"))
     refused = setup.run("register", "aarch64-linux")
     assert refused.returncode == 1
     assert "binfmtd-test-broken handles it but does not work" in refused.stdout
-    assert not (PROC_BINFMT / f"{PREFIX}aarch64-linux").exists()
+    assert f"{PREFIX}aarch64-linux" not in setup.binfmt.entries()
     setup.config.write_text(setup.config.read_text() + "replace-handlers = true\n")
     assert setup.run("register", "aarch64-linux").returncode == 0
-    assert (PROC_BINFMT / f"{PREFIX}aarch64-linux").exists()
+    assert f"{PREFIX}aarch64-linux" in setup.binfmt.entries()
 
 
 def test_emulated_systems_in_config_are_registered_by_sync(setup: Setup) -> None:
@@ -125,6 +115,6 @@ def test_emulated_systems_in_config_are_registered_by_sync(setup: Setup) -> None
     assert setup.run("sync", "--check").returncode == 1
     synced = setup.run("sync")
     assert synced.returncode == 0, synced.stderr
-    assert (PROC_BINFMT / f"{PREFIX}riscv64-linux").exists()
+    assert f"{PREFIX}riscv64-linux" in setup.binfmt.entries()
     assert "riscv64-linux" in setup.nix_conf.read_text()
     assert setup.run("sync", "--check").returncode == 0
