@@ -1,14 +1,17 @@
 """Fixtures for end-to-end tests: a real nix-daemon, a real binfmt_misc, foreign builders.
 
-Everything these fixtures start or register is undone at teardown, also when a test
-fails. In CI (CI=true) a missing part fails the test with the reason: a skipped e2e suite
-would let CI pass while proving nothing. Elsewhere it skips with the reason.
+Each test gets a private namespace (tests/private_binfmt.py) with its own binfmt_misc and
+its own nix-daemon socket; the daemon, binfmtd and the builds all run in there, so the
+host's handlers, /etc/nix and nix-daemon neither help nor get touched. The namespace's
+end stops every process in it, also when a test fails. In CI (CI=true) a missing part
+fails the test with the reason: a skipped e2e suite would let CI pass while proving
+nothing. Elsewhere it skips with the reason.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -17,22 +20,13 @@ from typing import Callable
 
 import pytest
 from builders import FetchError, static_busybox
-from nixtest import BuildResult, NixClient, NixDaemon, running_daemons
+from nixtest import BuildResult, NixClient, NixDaemon
 
 from tests.conftest import require
-
-BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
-PR_SET_CHILD_SUBREAPER = 36
+from tests.private_binfmt import PrivateBinfmt
 
 Timed = Callable[[str], AbstractContextManager[None]]
 _timings: list[tuple[str, str, float]] = []
-
-
-def _subreaper(on: bool) -> None:
-    """Adopt orphans, such as the daemon the restart script starts, so that they are
-    reaped at once: PID 1 here reaps only every second or two, leaving zombies that
-    pgrep still lists."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -70,38 +64,37 @@ def busybox() -> Callable[[str], Path]:
 
 
 @pytest.fixture
-def nix_daemon(tmp_path: Path, timed: Timed) -> Iterator[NixDaemon]:
-    """A real nix-daemon for this test alone, configured only by `nix_daemon.conf_path`.
+def nix_daemon(tmp_path: Path, timed: Timed, real_binfmt: PrivateBinfmt) -> Iterator[NixDaemon]:
+    """A real nix-daemon for this test alone, inside its namespace, configured only by
+    `nix_daemon.conf_path`.
 
-    It exposes `conf_path`, `pid`, `restart()` and `restart_command` (a script that
-    another program, such as binfmtd, can run to restart this same daemon).
+    It exposes `conf_path`, `pid`, `listeners()`, `restart()` and `restart_command` (a
+    script that another program in the namespace, such as binfmtd, runs to restart this
+    same daemon).
     """
     require(os.geteuid() == 0, "must run as root (nix-daemon, binfmt_misc)")
-    require(shutil.which("nix-daemon") and shutil.which("nix-build"),
-            "nix-daemon/nix-build not found (apt-get install nix-bin)")
-    require(shutil.which("unshare"), "unshare not found (util-linux)")
-    others = running_daemons()
-    require(not others, f"a nix-daemon is already running (pids {others}); "
-                        "the tests need its socket to themselves")
-    daemon = NixDaemon(tmp_path / "nix-daemon")
+    for program in ("nix-daemon", "nix-build", "unshare", "setpriv"):
+        require(shutil.which(program), f"{program} not found (apt-get install nix-bin "
+                                       "util-linux)")
+    daemon = NixDaemon(tmp_path / "nix-daemon", real_binfmt)
     daemon.setup()
-    _subreaper(True)
+    with timed("start nix-daemon"):
+        daemon.start()
     try:
-        with timed("start nix-daemon"):
-            daemon.start()
         yield daemon
     finally:
-        try:
-            daemon.shutdown()
-        finally:
-            _subreaper(False)
-    assert not running_daemons(), "a nix-daemon survived teardown"
+        daemon.stop()  # the rest (workers, builds) ends with the namespace
 
 
 @pytest.fixture
-def nix_client(tmp_path: Path, nix_daemon: NixDaemon) -> NixClient:
-    """A Nix client (NIX_REMOTE=daemon) that forwards no setting of its own."""
-    return NixClient(tmp_path / "nix-client")
+def nix_client(nix_daemon: NixDaemon, real_binfmt: PrivateBinfmt) -> Iterator[NixClient]:
+    """A Nix client (NIX_REMOTE=daemon, user nobody) that forwards no setting of its own."""
+    state = Path(tempfile.mkdtemp(prefix="binfmtd-e2e-client-"))
+    state.chmod(0o755)  # nobody reads the derivations and builders from here
+    try:
+        yield NixClient(state, real_binfmt)
+    finally:
+        shutil.rmtree(state)
 
 
 @pytest.fixture
@@ -111,15 +104,15 @@ def nix_build(nix_client: NixClient) -> Callable[[str, Path, str], BuildResult]:
 
 
 @pytest.fixture
-def register_handler(real_binfmt: Callable[[str], str]) -> Callable[[str, str], Path]:
-    """register_handler(name, line) registers `line` in the real binfmt_misc, through the
-    suite's real_binfmt fixture (binfmtd-test-* names only, always removed at teardown)."""
+def register_handler(real_binfmt: PrivateBinfmt) -> Callable[[str, str], Path]:
+    """register_handler(name, line) registers `line` in the test's private binfmt_misc and
+    returns the entry's path (as the host reaches it)."""
     def register(name: str, line: str) -> Path:
         fields = line.split(line[0])
         assert fields[1] == name, f"the line registers {fields[1]!r}, not {name!r}"
         require(Path(fields[6]).exists(),
                 f"{fields[6]} missing (apt-get install qemu-user-static)")
-        real_binfmt(line)
-        return BINFMT_MISC / name
+        real_binfmt.register(line)
+        return real_binfmt.binfmt_misc / name
 
     return register

@@ -1,10 +1,15 @@
-"""A real nix-daemon without systemd, and a Nix client that cannot override it.
+"""A real nix-daemon without systemd, in a test's private namespace, and a Nix client
+that cannot override it.
+
+The daemon runs inside the test's namespace (tests/private_binfmt.py): it sees only the
+private binfmt_misc, and owns the namespace's own /nix/var/nix/daemon-socket, so it
+neither needs nor touches the host's socket, /etc/nix or nix-daemon. The store is the
+host's /nix/store, as any second Nix client's would be.
 
 nix-daemon reads nix.conf only at start and SIGHUP kills it (no reload), so a restart is
-kill + start. The same code serves the pytest fixture and, through a small script file,
-any other program (binfmtd's `restart = [...]`), so both restart the very same daemon.
-
-Run as a program: `python3 nixtest.py restart|stop STATE_DIR`.
+kill + start. This file, run as a program inside the namespace, does both, so the test
+fixture and any other program there (binfmtd's `restart = [...]`, through a small script)
+restart the very same daemon: `python3 nixtest.py start|restart|stop STATE_DIR`.
 """
 from __future__ import annotations
 
@@ -12,17 +17,21 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from tests.private_binfmt import PrivateBinfmt
 
 SOCKET = Path("/nix/var/nix/daemon-socket/socket")
 BUILD_USERS = 10  # as many as Debian's nix-setup-systemd creates
+NOBODY = 65534
+SO_ACCEPTCON = 0x10000  # /proc/net/unix: the socket listens
 
 DAEMON_CONF = """\
 # The test nix-daemon's whole configuration (tests/e2e). Nothing here about platforms:
@@ -60,17 +69,24 @@ class BuildResult:
     output: str | None  # the text of $out when the build succeeded
 
 
-def running_daemons() -> list[int]:
-    """Pids of every nix-daemon process, zombies included (as `pgrep -x nix-daemon`)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
+def listeners(proc: Path = Path("/proc")) -> list[int]:
+    """Pids (as `proc` numbers them) of the processes holding nix-daemon's listening socket.
+
+    Each connection makes nix-daemon fork a worker, also called nix-daemon, that closes
+    the listening socket: counting listeners rather than names tells the daemon apart.
+    """
+    listening = set()
+    for line in (proc / "1" / "net" / "unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 8 and fields[7] == str(SOCKET) and int(fields[3], 16) & SO_ACCEPTCON:
+            listening.add(f"socket:[{fields[6]}]")
+    found = []
+    for entry in proc.iterdir():
         if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "nix-daemon":
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return sorted(pids)
+            with contextlib.suppress(OSError):
+                if any(os.readlink(fd) in listening for fd in (entry / "fd").iterdir()):
+                    found.append(int(entry.name))
+    return sorted(found)
 
 
 def ensure_build_users() -> None:
@@ -85,8 +101,9 @@ def ensure_build_users() -> None:
                             f"nixbld{n}"], check=True)
 
 
-class NixDaemon:
-    """One test nix-daemon whose configuration and pid live in `state`."""
+class DaemonFiles:
+    """Where one test nix-daemon keeps its configuration, pid (as the namespace numbers
+    it), log and restart script."""
 
     def __init__(self, state: Path) -> None:
         self.state = state
@@ -97,29 +114,22 @@ class NixDaemon:
         self.restart_script = state / "restart-nix-daemon"
 
     @property
-    def restart_command(self) -> list[str]:
-        """What another program runs to restart this daemon."""
-        return [str(self.restart_script)]
-
-    def setup(self) -> None:
-        """Write the daemon's nix.conf and restart script; prepare users and socket dir."""
-        self.conf_dir.mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text(DAEMON_CONF)
-        self.restart_script.write_text(
-            f"#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} restart {self.state}\n")
-        self.restart_script.chmod(0o755)
-        ensure_build_users()
-        SOCKET.parent.mkdir(parents=True, exist_ok=True)
-
-    @property
     def pid(self) -> int | None:
         try:
             return int(self.pid_file.read_text())
         except (OSError, ValueError):
             return None
 
+
+class InsideDaemon(DaemonFiles):
+    """The daemon as the program inside the namespace starts and stops it."""
+
     def start(self, timeout: float = 20.0) -> int:
-        """Start nix-daemon in a session of its own and wait until its socket answers."""
+        """Start nix-daemon in a session of its own; wait until it listens on its socket.
+
+        Nothing connects to find out (a connection would fork a worker): the daemon is
+        ready when it holds a listening socket at SOCKET.
+        """
         if self.pid is not None and not _gone(self.pid):
             raise NixTestError(f"nix-daemon {self.pid} is still running")
         SOCKET.unlink(missing_ok=True)
@@ -130,69 +140,91 @@ class NixDaemon:
             proc = subprocess.Popen(["nix-daemon", "--daemon"], env=env, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log, start_new_session=True)
         self.pid_file.write_text(f"{proc.pid}\n")
-        deadline = time.monotonic() + timeout
-        while not _answers(SOCKET):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise NixTestError(f"nix-daemon did not come up; log {self.log_path}:\n"
-                                   + self.log_path.read_text(errors="replace")[-2000:])
-            time.sleep(0.01)
+        if not _wait(lambda: proc.pid in listeners() or proc.poll() is not None, timeout) \
+                or proc.poll() is not None:
+            self.stop()
+            raise NixTestError(f"nix-daemon did not come up; log {self.log_path}:\n"
+                               + self.log_path.read_text(errors="replace")[-2000:])
         return proc.pid
 
-    def stop(self, everything: bool = False, timeout: float = 10.0) -> None:
-        """Stop the daemon's process group; with `everything`, its workers too.
-
-        A restart keeps connection workers (each in a session of its own) running, as
-        systemd's KillMode=process does for the upstream unit, so builds in flight survive.
-        """
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the daemon's process group. Connection workers (each in a session of its
+        own) keep running, as with systemd's KillMode=process for the upstream unit, so
+        builds in flight survive; the namespace's end stops them."""
         pid = self.pid
         if pid is None:
             return
-        pids = [pid] + (_descendants(pid) if everything else [])
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for p in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    if p == pid:
-                        os.killpg(p, sig)  # the daemon leads its own process group
-                    else:
-                        os.kill(p, sig)
-            if _wait(lambda: all(_gone(p) for p in pids), timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+            if _wait(lambda: _gone(pid), timeout):
                 break
         else:
-            raise NixTestError(f"nix-daemon {pids} survived SIGKILL")
+            raise NixTestError(f"nix-daemon {pid} survived SIGKILL")
         self.pid_file.unlink(missing_ok=True)
 
     def restart(self) -> int:
         self.stop()
         return self.start()
 
-    def shutdown(self, timeout: float = 5.0) -> None:
-        """Stop everything and wait until no nix-daemon process, zombie or not, is left.
 
-        The fixture refuses to start beside another nix-daemon, so every one left is ours.
-        """
-        self.stop(everything=True)
-        if not _wait(lambda: not [p for p in running_daemons() if not _gone(p, reap_only=True)],
-                     timeout):
-            left = running_daemons()
-            for p in left:  # workers orphaned by an earlier restart
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGKILL)
-            if not _wait(lambda: not running_daemons(), timeout):
-                raise NixTestError(f"nix-daemon processes left: {running_daemons()}")
+class NixDaemon(DaemonFiles):
+    """The test's nix-daemon as the host sees it: it runs inside `namespace`, configured
+    only by `conf_path`; `restart_command` restarts it from any program in there."""
+
+    def __init__(self, state: Path, namespace: PrivateBinfmt) -> None:
+        super().__init__(state)
+        self.namespace = namespace
+
+    @property
+    def restart_command(self) -> list[str]:
+        """What another program inside the namespace runs to restart this daemon."""
+        return [str(self.restart_script)]
+
+    def setup(self) -> None:
+        """Write the daemon's nix.conf and restart script; prepare the build users."""
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(DAEMON_CONF)
+        self.restart_script.write_text(
+            f"#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} restart {self.state}\n")
+        self.restart_script.chmod(0o755)
+        ensure_build_users()
+
+    def start(self) -> None:
+        self._inside("start")
+
+    def restart(self) -> None:
+        self._inside("restart")
+
+    def stop(self) -> None:
+        self._inside("stop")
+
+    def listeners(self) -> list[int]:
+        """Pids inside of the processes that hold the daemon's listening socket."""
+        return listeners(self.namespace.inside("/proc"))
+
+    def _inside(self, command: str) -> None:
+        done = self.namespace.run([sys.executable, str(Path(__file__).resolve()), command,
+                                   str(self.state)], timeout=60)
+        if done.returncode != 0:
+            raise NixTestError(f"nixtest.py {command}: {done.stdout}{done.stderr}")
 
 
 class NixClient:
-    """nix-build as a client whose own settings cannot reach the daemon.
+    """nix-build as an ordinary user, whose own settings cannot reach the daemon.
 
     Nix forwards a client's overrides (user nix.conf, NIX_CONFIG, --option) to the daemon,
-    which obeys them from root, a trusted user. So the client gets an empty NIX_CONF_DIR,
-    no user configuration files, no NIX_* variables and no --option: the daemon's
-    nix.conf alone decides which platforms can be built.
+    which obeys them from root, a trusted user. So the client runs as nobody, with an
+    empty NIX_CONF_DIR, no user configuration files, no NIX_* variables and no --option:
+    the daemon's nix.conf alone decides which platforms can be built. It runs inside the
+    namespace, in a network namespace of its own (unshare -n): the daemon's socket is a
+    file and still reachable, anything on the network is not. `state` must be readable
+    by everyone (nobody reads the derivation and the builder from there).
     """
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, namespace: PrivateBinfmt) -> None:
         self.state = state
+        self.namespace = namespace
         self.conf_dir = state / "conf"
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         (self.conf_dir / "nix.conf").write_text("# empty: the daemon's nix.conf decides\n")
@@ -200,26 +232,45 @@ class NixClient:
                     "HOME": str(state), "NIX_REMOTE": "daemon",
                     "NIX_CONF_DIR": str(self.conf_dir), "NIX_USER_CONF_FILES": "/dev/null"}
 
-    def build(self, system: str, busybox: Path, script: str,
-              timeout: float = 300.0) -> BuildResult:
-        """Build a derivation for `system` whose builder is `busybox sh -c script`.
-
-        The client runs in a network namespace of its own (unshare -n): the daemon's
-        socket is a file and still reachable, anything on the network is not.
-        """
+    def begin(self, system: str, busybox: Path, script: str) -> RunningBuild:
+        """Start building a derivation for `system` whose builder is `busybox sh -c script`."""
         work = self.state / f"build-{uuid.uuid4().hex[:8]}"
         (work / "dir").mkdir(parents=True)
         shutil.copy2(busybox, work / "dir" / "busybox")
         (work / "default.nix").write_text(DERIVATION.format(
             system=nix_string(system), script=nix_string(script),
             nonce=nix_string(uuid.uuid4().hex)))
-        cmd = ["nix-build", "--no-out-link", str(work / "default.nix")]
-        proc = subprocess.run(["unshare", "--net", "--", *cmd], env=self.env, cwd=work,
-                              capture_output=True, text=True, timeout=timeout)
+        cmd = ["unshare", "--net", "--", "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+               "--clear-groups", "nix-build", "--no-out-link", str(work / "default.nix")]
+        with open(work / "build.log", "w") as log:  # the child keeps its own copy
+            return RunningBuild(work, subprocess.Popen(
+                self.namespace.argv(cmd, cwd=str(work)), env=self.env, stdout=subprocess.PIPE,
+                stderr=log, text=True))
+
+    def build(self, system: str, busybox: Path, script: str,
+              timeout: float = 300.0) -> BuildResult:
+        return self.begin(system, busybox, script).wait(timeout)
+
+
+class RunningBuild:
+    """A nix-build in progress; its log (the builder's output included) grows as it runs."""
+
+    def __init__(self, work: Path, process: subprocess.Popen[str]) -> None:
+        self.work = work
+        self.process = process
+
+    def log(self) -> str:
+        return (self.work / "build.log").read_text()
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait(self, timeout: float = 300.0) -> BuildResult:
+        stdout, _ = self.process.communicate(timeout=timeout)
         output = None
-        if proc.returncode == 0:
-            output = Path(proc.stdout.strip().splitlines()[-1]).read_text()
-        return BuildResult(proc.returncode, proc.stdout, proc.stderr, output)
+        if self.process.returncode == 0:
+            output = Path(stdout.strip().splitlines()[-1]).read_text()
+        return BuildResult(self.process.returncode, stdout, self.log(), output)
 
 
 def nix_string(text: str) -> str:
@@ -228,57 +279,14 @@ def nix_string(text: str) -> str:
     return '"' + escaped.replace("\n", "\\n") + '"'
 
 
-def _answers(path: Path) -> bool:
-    """True once the daemon accepts connections (the file alone exists before listen())."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(str(path))
-            return True
-        except OSError:
-            return False
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie does not)."""
-    return not _gone(pid)
-
-
-def _gone(pid: int, reap_only: bool = False) -> bool:
-    """True if `pid` no longer runs: reaped (by us if our child) or a zombie.
-
-    A daemon started by the restart script is an orphan; the pytest process is made a
-    child subreaper so that it can reap it at once. Elsewhere the zombie no longer holds
-    the socket, which is all a restart needs. With `reap_only`, a zombie we cannot reap
-    still counts as present (as pgrep sees it).
-    """
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return True
-    except ChildProcessError:
-        pass
+def _gone(pid: int) -> bool:
+    """True once `pid` no longer runs (the namespace's first process reaps orphans; a
+    zombie not yet reaped holds no socket any more)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return True
-    return state == "Z" and not reap_only
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (connection workers, their builders)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    return state == "Z"
 
 
 def _wait(done: Callable[[], bool], timeout: float) -> bool:
@@ -286,15 +294,16 @@ def _wait(done: Callable[[], bool], timeout: float) -> bool:
     while not done():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.02)
+        time.sleep(0.01)
     return True
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("restart", "stop"):
-        sys.exit(f"usage: {sys.argv[0]} restart|stop STATE_DIR")
-    daemon = NixDaemon(Path(sys.argv[2]))
-    if sys.argv[1] == "restart":
-        print(f"nix-daemon restarted, pid {daemon.restart()}")
-    else:
+    if len(sys.argv) != 3 or sys.argv[1] not in ("start", "restart", "stop"):
+        sys.exit(f"usage: {sys.argv[0]} start|restart|stop STATE_DIR")
+    daemon = InsideDaemon(Path(sys.argv[2]))
+    if sys.argv[1] == "stop":
         daemon.stop()
+    else:
+        pid = daemon.restart() if sys.argv[1] == "restart" else daemon.start()
+        print(f"nix-daemon listening, pid {pid}")

@@ -5,13 +5,15 @@ the emulator registration or the foreign builder would be at fault, not binfmtd.
 """
 from __future__ import annotations
 
-import subprocess
+import uuid
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Callable
 
 import pytest
-from nixtest import BuildResult, NixDaemon, alive, running_daemons
+from nixtest import BuildResult, NixDaemon
+
+from tests.private_binfmt import PrivateBinfmt
 
 # Debian's qemu-user-static lines (/usr/lib/binfmt.d), under test names.
 AARCH64_LINE = (r":binfmtd-test-aarch64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00"
@@ -68,12 +70,26 @@ def test_declared_platform_builds(nix_daemon: NixDaemon, nix_build: Build, busyb
     assert result.output.split() == [system.split("-")[0], "nixbld"], result
 
 
-def test_restart_script_restarts_the_same_daemon(nix_daemon: NixDaemon, timed: Timed) -> None:
+def test_restart_script_restarts_the_same_daemon(nix_daemon: NixDaemon, timed: Timed,
+                                                 real_binfmt: PrivateBinfmt) -> None:
     """binfmtd gets `restart = [script]`: the script must work from another process."""
     old_pid = nix_daemon.pid
+    assert nix_daemon.listeners() == [old_pid]
     with timed("restart nix-daemon through the script"):
-        proc = subprocess.run(nix_daemon.restart_command, capture_output=True, text=True,
-                              timeout=60)
+        proc = real_binfmt.run(nix_daemon.restart_command, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert nix_daemon.pid not in (None, old_pid)
-    assert [p for p in running_daemons() if alive(p)] == [nix_daemon.pid]
+    assert nix_daemon.listeners() == [nix_daemon.pid]  # one daemon; workers do not listen
+
+
+def test_a_handler_registered_inside_runs_inside_only(
+    real_binfmt: PrivateBinfmt, register_handler: Register, busybox: Busybox
+) -> None:
+    """The private binfmt_misc runs a foreign program inside; the host lists no such entry."""
+    builder = busybox("arm64")
+    name = f"binfmtd-test-{uuid.uuid4().hex[:12]}"  # a name nothing on the host can have
+    register_handler(name, AARCH64_LINE.replace("binfmtd-test-aarch64", name))
+    ran = real_binfmt.run([str(builder), "uname", "-m"])
+    assert (ran.returncode, ran.stdout) == (0, "aarch64\n"), ran.stderr
+    assert real_binfmt.entries() == [name]
+    assert not (Path("/proc/sys/fs/binfmt_misc") / name).exists()

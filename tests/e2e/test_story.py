@@ -11,16 +11,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Callable
 
 import pytest
-from nixtest import BuildResult, NixDaemon
+from nixtest import BuildResult, NixClient, NixDaemon
 from test_infra import AARCH64_LINE, RISCV64_LINE, SCRIPT
+
+from tests.conftest import waits_for
+from tests.private_binfmt import PrivateBinfmt
 
 Build = Callable[[str, Path, str], BuildResult]
 Busybox = Callable[[str], Path]
@@ -35,33 +36,55 @@ def not_declared(system: str) -> str:
 
 
 class Binfmtd:
-    """The binfmtd command, pointed at the test daemon's nix.conf and restart script."""
+    """The binfmtd command, run inside the test's namespace (where the daemon and the
+    private binfmt_misc are), pointed at the test daemon's nix.conf and restart script."""
 
-    def __init__(self, daemon: NixDaemon, folder: Path) -> None:
+    def __init__(self, daemon: NixDaemon, folder: Path, namespace: PrivateBinfmt) -> None:
+        self.namespace = namespace
         self.config = folder / "binfmtd.toml"
         restart = json.dumps([str(part) for part in daemon.restart_command])
         self.config.write_text(f"restart = {restart}\nrestart-interval-seconds = 1\n")
         self.env = {**os.environ, "BINFMTD_NIX_CONF": str(daemon.conf_path),
                     "BINFMTD_CONFIG": str(self.config), "PYTHONPATH": str(REPO)}
+        self.env.pop("BINFMTD_BINFMT_MISC", None)  # the usual path, inside
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "binfmtd", *args], capture_output=True,
-                              text=True, env=self.env, timeout=120, check=False)
+        return self.namespace.run([sys.executable, "-m", "binfmtd", *args], env=self.env)
 
     def status(self) -> dict:  # type: ignore[type-arg]
         result = self("status", "--json")
         print(f"binfmtd status: exit {result.returncode}")
         return json.loads(result.stdout)  # type: ignore[no-any-return]
 
-    def background(self, log: Path) -> subprocess.Popen[str]:
+
+class RunningBinfmtd:
+    """`binfmtd run` in the namespace, and its JSON log."""
+
+    def __init__(self, binfmtd: Binfmtd, log: Path) -> None:
+        self.log_path = log
         with open(log, "w") as stream:
-            return subprocess.Popen([sys.executable, "-m", "binfmtd", "run", "--log-format",
-                                     "json"], env=self.env, stderr=stream, text=True)
+            self.process = subprocess.Popen(
+                binfmtd.namespace.argv([sys.executable, "-m", "binfmtd", "run",
+                                        "--log-format", "json"]),
+                env=binfmtd.env, stderr=stream, text=True)
+        self.pid = binfmtd.namespace.child_of(self.process)  # nsenter passes no signal on
+
+    def events(self, name: str) -> int:
+        return sum(json.loads(line).get("event") == name
+                   for line in self.log_path.read_text().splitlines() if line.startswith("{"))
+
+    def wait_for(self, name: str, count: int, timeout: float = 10) -> None:
+        assert waits_for(lambda: self.events(name) >= count, timeout), \
+            f"no {count}x {name} within {timeout} s:\n{self.log_path.read_text()}"
+
+    def stop(self) -> int:
+        os.kill(self.pid, signal.SIGTERM)
+        return self.process.wait(timeout=10)
 
 
 @pytest.fixture
-def binfmtd(nix_daemon: NixDaemon, tmp_path: Path) -> Binfmtd:
-    return Binfmtd(nix_daemon, tmp_path)
+def binfmtd(nix_daemon: NixDaemon, tmp_path: Path, real_binfmt: PrivateBinfmt) -> Binfmtd:
+    return Binfmtd(nix_daemon, tmp_path, real_binfmt)
 
 
 def test_aarch64_build_fails_before_binfmtd_and_works_after_sync(
@@ -91,50 +114,37 @@ def test_aarch64_build_fails_before_binfmtd_and_works_after_sync(
 
 
 @pytest.fixture
-def running_binfmtd(binfmtd: Binfmtd, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    process = binfmtd.background(tmp_path / "binfmtd.log")
+def running_binfmtd(binfmtd: Binfmtd, tmp_path: Path) -> Iterator[RunningBinfmtd]:
+    running = RunningBinfmtd(binfmtd, tmp_path / "binfmtd.log")
     try:
-        deadline = time.monotonic() + 10
-        while "daemon.ready" not in (tmp_path / "binfmtd.log").read_text():
-            assert time.monotonic() < deadline and process.poll() is None, \
-                (tmp_path / "binfmtd.log").read_text()
-            time.sleep(0.05)
-        yield process
+        running.wait_for("daemon.ready", 1)
+        yield running
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
-
-
-def build_soon(nix_build: Build, system: str, builder: Path,
-               outcome: Callable[[BuildResult], bool], within: float = 10) -> BuildResult:
-    """Retry a build until it has the wanted outcome: binfmtd acts some 200 ms after the
-    kernel changed, and a build started in between meets the kernel's new state."""
-    deadline = time.monotonic() + within
-    while True:
-        result = nix_build(system, builder, SCRIPT)
-        if outcome(result) or time.monotonic() > deadline:
-            return result
-        time.sleep(0.2)
+        assert running.stop() == 0
 
 
 def test_the_daemon_follows_registrations(
     nix_daemon: NixDaemon, nix_build: Build, busybox: Busybox, register_handler: Register,
-    binfmtd: Binfmtd, running_binfmtd: subprocess.Popen[str], timed: Timed,
+    binfmtd: Binfmtd, running_binfmtd: RunningBinfmtd, timed: Timed,
 ) -> None:
+    """Each change reaches nix.conf and restarts nix-daemon; the build after the restart
+    (binfmtd logs nixdaemon.restarted once the restart command returned) has the outcome."""
     builder = busybox("riscv64")
-    start = time.monotonic()
-    entry = register_handler("binfmtd-test-riscv64", RISCV64_LINE)
-    with timed("register riscv64 -> riscv64 build succeeds"):
-        works = build_soon(nix_build, "riscv64-linux", builder, lambda r: r.returncode == 0)
+    refused = nix_build("riscv64-linux", builder, SCRIPT)  # hermetic: nothing emulated yet
+    assert not_declared("riscv64-linux") in refused.stderr, refused.stderr
+    restarts = running_binfmtd.events("nixdaemon.restarted")
+    with timed("register riscv64 -> nix-daemon restarted"):
+        entry = register_handler("binfmtd-test-riscv64", RISCV64_LINE)
+        running_binfmtd.wait_for("nixdaemon.restarted", restarts + 1)
+    works = nix_build("riscv64-linux", builder, SCRIPT)
     assert works.returncode == 0, works.stderr
     assert works.output is not None and works.output.split() == ["riscv64", "nixbld"]
-    print(f"registration to a working riscv64 build: {time.monotonic() - start:.2f} s")
     assert binfmtd.status()["in_sync"]
 
-    entry.write_text("-1")
-    with timed("unregister riscv64 -> build refused by Nix"):
-        refused = build_soon(nix_build, "riscv64-linux", builder,
-                             lambda r: not_declared("riscv64-linux") in r.stderr)
+    with timed("unregister riscv64 -> nix-daemon restarted"):
+        entry.write_text("-1")
+        running_binfmtd.wait_for("nixdaemon.restarted", restarts + 2)
+    refused = nix_build("riscv64-linux", builder, SCRIPT)
     assert refused.returncode != 0
     assert not_declared("riscv64-linux") in refused.stderr, refused.stderr  # not a sandbox error
 
@@ -172,30 +182,35 @@ def test_registrations_the_sandbox_cannot_see_by_itself(
 
 
 def test_a_build_in_flight_survives_the_restart(
-    nix_daemon: NixDaemon, nix_build: Build, busybox: Busybox, register_handler: Register,
+    nix_daemon: NixDaemon, nix_client: NixClient, busybox: Busybox, register_handler: Register,
     binfmtd: Binfmtd, timed: Timed,
 ) -> None:
     builder = busybox("arm64")
     register_handler("binfmtd-test-aarch64", AARCH64_LINE)
-    assert binfmtd("sync").returncode == 0
-    results: list[BuildResult] = []
-    long_build = threading.Thread(target=lambda: results.append(
-        nix_build("aarch64-linux", builder, "sleep 20; uname -m > $out")))
-    with timed("20 s aarch64 build with a nix-daemon restart in the middle"):
-        long_build.start()
-        time.sleep(3)
+    gate = nix_client.state / "gate"  # the build ends once the test creates gate/open
+    gate.mkdir()
+    with open(nix_daemon.conf_path, "a") as conf:
+        conf.write(f"extra-sandbox-paths = {gate}\n")
+    assert binfmtd("sync").returncode == 0  # declares aarch64-linux, restarts nix-daemon
+    build = nix_client.begin("aarch64-linux", builder, "echo build-started >&2; "
+                             f"until [ -e {gate}/open ]; do sleep 0.05; done; uname -m > $out")
+    with timed("aarch64 build with a nix-daemon restart in the middle"):
+        assert waits_for(lambda: "build-started" in build.log() or not build.running(), 60)
+        assert build.running(), build.log()
         register_handler("binfmtd-test-riscv64", RISCV64_LINE)
         old_pid = nix_daemon.pid
         assert binfmtd("sync").returncode == 0  # a change: restarts nix-daemon
         assert nix_daemon.pid != old_pid
-        long_build.join(timeout=120)
-    assert results and results[0].returncode == 0, results[0].stderr if results else "no result"
-    assert results[0].output == "aarch64\n"
+        assert build.running(), build.log()  # still in flight after the restart
+        (gate / "open").touch()
+        result = build.wait(timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.output == "aarch64\n"
 
 
 def test_register_doctor_build_unregister(
     nix_daemon: NixDaemon, nix_build: Build, busybox: Busybox, binfmtd: Binfmtd,
-    tmp_path: Path, timed: Timed,
+    tmp_path: Path, timed: Timed, real_binfmt: PrivateBinfmt,
 ) -> None:
     """The NixOS-like story: declare the systems, prove them, build, and take it all back."""
     prefix = "binfmtd-test-e2e-"
@@ -206,28 +221,22 @@ def test_register_doctor_build_unregister(
                               + f'registration-prefix = "{prefix}"\n')
     conf_before = nix_daemon.conf_path.read_text()
     systems = {"aarch64-linux": "arm64", "riscv64-linux": "riscv64"}
-    try:
-        with timed("binfmtd register aarch64-linux riscv64-linux"):
-            registered = binfmtd("register", *systems)
-        assert registered.returncode == 0, registered.stdout + registered.stderr
-        with timed("binfmtd doctor"):
-            doctor = binfmtd("doctor", "--json")
-        report = {p["system"]: p["ok"] for p in json.loads(doctor.stdout)["platforms"]}
-        assert report.get("aarch64-linux") and report.get("riscv64-linux"), doctor.stdout
-        for system, arch in systems.items():
-            with timed(f"{system} build after register"):
-                built = nix_build(system, busybox(arch), SCRIPT)
-            assert built.returncode == 0, built.stderr
-            assert built.output is not None and built.output.split()[0] == system.split("-")[0]
-        with timed("binfmtd unregister"):
-            assert binfmtd("unregister", *systems).returncode == 0
-        assert nix_daemon.conf_path.read_text() == conf_before
-        assert list(binfmt_d.iterdir()) == []
-        left = [p.name for p in Path("/proc/sys/fs/binfmt_misc").iterdir()
-                if p.name.startswith(prefix)]
-        assert left == []
-        refused = nix_build("aarch64-linux", busybox("arm64"), SCRIPT)
-        assert not_declared("aarch64-linux") in refused.stderr, refused.stderr
-    finally:
-        for entry in Path("/proc/sys/fs/binfmt_misc").glob(prefix + "*"):
-            entry.write_text("-1")
+    with timed("binfmtd register aarch64-linux riscv64-linux"):
+        registered = binfmtd("register", *systems)
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    with timed("binfmtd doctor"):
+        doctor = binfmtd("doctor", "--json")
+    report = {p["system"]: p["ok"] for p in json.loads(doctor.stdout)["platforms"]}
+    assert report.get("aarch64-linux") and report.get("riscv64-linux"), doctor.stdout
+    for system, arch in systems.items():
+        with timed(f"{system} build after register"):
+            built = nix_build(system, busybox(arch), SCRIPT)
+        assert built.returncode == 0, built.stderr
+        assert built.output is not None and built.output.split()[0] == system.split("-")[0]
+    with timed("binfmtd unregister"):
+        assert binfmtd("unregister", *systems).returncode == 0
+    assert nix_daemon.conf_path.read_text() == conf_before
+    assert list(binfmt_d.iterdir()) == []
+    assert [n for n in real_binfmt.entries() if n.startswith(prefix)] == []
+    refused = nix_build("aarch64-linux", busybox("arm64"), SCRIPT)
+    assert not_declared("aarch64-linux") in refused.stderr, refused.stderr
