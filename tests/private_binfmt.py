@@ -133,6 +133,10 @@ class PrivateBinfmt:
             os.close(fd)
         return name
 
+    def flush(self) -> None:
+        """Remove every entry at once, as systemd-binfmt does before registering anew."""
+        (self.binfmt_misc / "status").write_text("-1")
+
     def unregister(self, name: str, folder: Optional[Path] = None) -> None:
         """Remove an entry if it is there (opening a missing one fails with EACCES)."""
         entry = (folder or self.binfmt_misc) / name

@@ -5,14 +5,17 @@ the emulator registration or the foreign builder would be at fault, not binfmtd.
 """
 from __future__ import annotations
 
+import contextlib
+import socket
 import uuid
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Callable
 
 import pytest
-from nixtest import BuildResult, NixDaemon
+from nixtest import SOCKET, BuildResult, NixDaemon
 
+from tests.conftest import waits_for
 from tests.private_binfmt import PrivateBinfmt
 
 # Debian's qemu-user-static lines (/usr/lib/binfmt.d), under test names.
@@ -79,7 +82,20 @@ def test_restart_script_restarts_the_same_daemon(nix_daemon: NixDaemon, timed: T
         proc = real_binfmt.run(nix_daemon.restart_command, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert nix_daemon.pid not in (None, old_pid)
-    assert nix_daemon.listeners() == [nix_daemon.pid]  # one daemon; workers do not listen
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(str(real_binfmt.inside(str(SOCKET))))  # nix-daemon forks a worker
+        assert waits_for(lambda: len(named(real_binfmt, "nix-daemon")) == 2, timeout=5)
+        assert nix_daemon.listeners() == [nix_daemon.pid]  # one daemon; its worker is not
+
+
+def named(namespace: PrivateBinfmt, comm: str) -> list[int]:
+    """Processes inside called `comm` (a nix-daemon worker shares its daemon's name)."""
+    found = []
+    for pid in namespace.pids():
+        with contextlib.suppress(OSError):
+            if (namespace.inside(f"/proc/{pid}/comm")).read_text().strip() == comm:
+                found.append(pid)
+    return found
 
 
 def test_a_handler_registered_inside_runs_inside_only(

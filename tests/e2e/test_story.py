@@ -206,6 +206,7 @@ def test_a_build_in_flight_survives_the_restart(
         result = build.wait(timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.output == "aarch64\n"
+    assert result.stderr.count("build-started") == 1  # the same build, not a rebuild
 
 
 def test_register_doctor_build_unregister(
