@@ -19,17 +19,15 @@ from __future__ import annotations
 import errno
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 # Names in the binfmt_misc folder that are not handlers.
 CONTROL_FILES = frozenset({"register", "status"})
 KNOWN_FLAGS = frozenset("POCF")
 
 
-@dataclass(frozen=True)
-class Handler:
+class Handler(NamedTuple):
     """One registered binfmt_misc entry."""
 
     name: str
@@ -47,8 +45,7 @@ class Handler:
         return "".join(f for f in "POCF" if f in self.flags)
 
 
-@dataclass(frozen=True)
-class Interpreter:
+class Interpreter(NamedTuple):
     """An interpreter file as found on this host (interpreters.read_interpreter looks)."""
 
     path: str
@@ -63,8 +60,7 @@ class Interpreter:
         return self.exists and self.error is None and self.loader is None
 
 
-@dataclass(frozen=True)
-class MalformedEntry:
+class MalformedEntry(NamedTuple):
     """An entry whose text is not what the kernel prints for a handler."""
 
     name: str
@@ -74,8 +70,7 @@ class MalformedEntry:
 Entry = Union[Handler, MalformedEntry]
 
 
-@dataclass(frozen=True)
-class BinfmtState:
+class BinfmtState(NamedTuple):
     """Everything read from a binfmt_misc folder at one moment."""
 
     mounted: bool

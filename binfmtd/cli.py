@@ -7,13 +7,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from . import __version__
-from .config import Config, read_config
+from .config import Config, Host, read_config
 from .errors import BinfmtdError
-from .host import Host, Outcome, World, read_and_plan, reconcile_once
-from .reconcile import Plan
+from .platforms import host_system
+
+if TYPE_CHECKING:  # each command imports what it uses, so that status stays light
+    from .host import Outcome, World
+    from .reconcile import Plan
 
 EXIT_OK, EXIT_ATTENTION, EXIT_ERROR = 0, 1, 2
 
@@ -70,18 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEFAULT_CONFIG = Path("/etc/binfmtd/config.toml")
+DEFAULT_BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
+DEFAULT_NIX_CONF = Path("/etc/nix/nix.conf")
+DEFAULT_BINFMT_D = Path("/etc/binfmt.d")
+
+
 def host_from(args: argparse.Namespace) -> Host:
     """Paths from options, else BINFMTD_* variables, else the defaults."""
     config = args.config or _env_path("BINFMTD_CONFIG")
     binfmt_misc = args.binfmt_misc or _env_path("BINFMTD_BINFMT_MISC")
     nix_conf = args.nix_conf or _env_path("BINFMTD_NIX_CONF")
-    host = Host()
     return Host(
-        binfmt_misc=binfmt_misc or host.binfmt_misc,
-        nix_conf=nix_conf or host.nix_conf,
-        config=config or host.config,
+        system=host_system(os.uname().machine),
+        binfmt_misc=binfmt_misc or DEFAULT_BINFMT_MISC,
+        nix_conf=nix_conf or DEFAULT_NIX_CONF,
+        config=config or DEFAULT_CONFIG,
         config_required=config is not None,
-        binfmt_d=_env_path("BINFMTD_BINFMT_D") or host.binfmt_d,
+        binfmt_d=_env_path("BINFMTD_BINFMT_D") or DEFAULT_BINFMT_D,
     )
 
 
@@ -104,10 +113,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def cmd_status(args: argparse.Namespace, host: Host, config: Config) -> int:
-    from .report import to_json, to_text
-    from .status import ask_nix, gather_report
+    from .status import ask_nix
 
-    reading = ask_nix(host, config)
+    reading = ask_nix(host, config)  # Nix reads nix.conf while binfmtd imports and reads
+    from .host import read_and_plan
+    from .report import to_json, to_text
+    from .status import gather_report
+
     looked = read_and_plan(host, config)
     report = gather_report(looked.world, looked.plan, host, config, reading)
     if args.json:
@@ -118,6 +130,7 @@ def cmd_status(args: argparse.Namespace, host: Host, config: Config) -> int:
 
 
 def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
+    from .host import read_and_plan, reconcile_once
     from .report import to_json
     from .status import ask_nix, gather_report
 
@@ -154,6 +167,7 @@ def _register_missing(host: Host, config: Config) -> None:
     """emulated-systems: register what is listed there and not emulated yet."""
     if not config.emulated_systems:
         return
+    from .host import read_and_plan
     from .registration import register_system
 
     planned = read_and_plan(host, config).plan
@@ -180,6 +194,7 @@ def cmd_run(args: argparse.Namespace, host: Host, config: Config) -> int:
 
 
 def cmd_register(args: argparse.Namespace, host: Host, config: Config) -> int:
+    from .host import read_and_plan
     from .registration import register_system
 
     systems = tuple(args.systems) or config.emulated_systems
@@ -205,11 +220,14 @@ def cmd_unregister(args: argparse.Namespace, host: Host, config: Config) -> int:
 
 def _sync_after_registering(host: Host, config: Config, *, restart: bool) -> None:
     """After (un)registering, nix.conf follows at once, as after `binfmtd sync`."""
+    from .host import reconcile_once
+
     print(_sync_summary(reconcile_once(host, config, write=True, restart=restart)))
 
 
 def cmd_doctor(args: argparse.Namespace, host: Host, config: Config) -> int:
     from . import doctor
+    from .host import read_and_plan
     from .status import ask_nix, gather_report
 
     reading = ask_nix(host, config)
@@ -225,6 +243,8 @@ def cmd_doctor(args: argparse.Namespace, host: Host, config: Config) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, host: Host, config: Config) -> int:
+    from .host import reconcile_once
+
     outcome = reconcile_once(host, config, write=True, restart=not args.no_restart,
                              remove=True)
     managed = outcome.world.managed

@@ -22,16 +22,27 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_IWGRP, S_IWOTH
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from .errors import BinfmtdError
 
 
-@dataclass(frozen=True)
-class RestartPolicy:
+class Host(NamedTuple):
+    """Where things are, and the host's own Nix system: what the command line tells
+    binfmtd, as config.toml tells it the rest. Only cli builds one; tests point it at tmp.
+    """
+
+    system: str  # the host's own Nix system, e.g. x86_64-linux
+    binfmt_misc: Path  # /proc/sys/fs/binfmt_misc
+    nix_conf: Path  # /etc/nix/nix.conf
+    config: Path  # /etc/binfmtd/config.toml
+    binfmt_d: Path  # /etc/binfmt.d: where `register` leaves its lines for systemd-binfmt
+    config_required: bool = False  # the user named the config file: it must exist
+
+
+class RestartPolicy(NamedTuple):
     """How nix-daemon is restarted: a systemd unit to try-restart, a command, or never."""
 
     unit: Optional[str] = None
@@ -50,12 +61,11 @@ class RestartPolicy:
         return self.command or None
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """binfmtd's settings after defaults are applied."""
 
     nix_conf_target: str = "auto"
-    ignore_platforms: frozenset[str] = field(default_factory=frozenset)
+    ignore_platforms: frozenset[str] = frozenset()
     declare_armv6l: bool = True
     declare_i686: bool = False
     restart: RestartPolicy = RestartPolicy(unit="nix-daemon.service")

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import BinaryIO, Callable, Optional
 
-from .config import Config, read_config
+from .config import Config, Host, read_config
 from .errors import BinfmtdError
-from .host import Host, Outcome, reconcile_once
+from .host import Outcome, reconcile_once
 from .log import get_logger
 from .notify import sd_notify
 from .restarter import Restarter

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from .elfgen import EXIT_CODE, MACHINES, exit_program
 from .errors import BinfmtdError
@@ -20,15 +19,13 @@ from .report import Report
 from .sandboxrun import run_sandboxed
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(NamedTuple):
     name: str
     ok: Optional[bool]  # None: could not be checked here
     detail: str
 
 
-@dataclass(frozen=True)
-class Diagnosis:
+class Diagnosis(NamedTuple):
     system: str
     checks: tuple[Check, ...]
 

@@ -8,7 +8,7 @@ from a few words of machine code, so no foreign binaries ship with binfmtd.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .platforms import (
     C32,
@@ -34,8 +34,7 @@ LOAD_ADDRESS = 0x400000
 ET_EXEC, PT_LOAD, PF_R_X = 2, 1, 5
 
 
-@dataclass(frozen=True)
-class Machine:
+class Machine(NamedTuple):
     """How to write exit(42) for one system."""
 
     elf_class: int

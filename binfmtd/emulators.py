@@ -7,14 +7,12 @@ one against the decoder and against what Debian ships.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .platforms import with_also_runs
 
 
-@dataclass(frozen=True)
-class Emulation:
+class Emulation(NamedTuple):
     """How qemu names a Nix system, and the magic and mask that select its binaries."""
 
     qemu_arch: str
@@ -72,8 +70,7 @@ EMULATIONS: dict[str, Emulation] = with_also_runs({
 })
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     """An installed emulator binary and the flags its registration needs."""
 
     path: str

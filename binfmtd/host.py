@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .binfmt import BinfmtState, Handler, Interpreter, read_binfmt_state
 from .conffile import managed_file, read_conf_text, write_conf_text
-from .config import Config
+from .config import Config, Host
 from .errors import BinfmtdError
 from .interpreters import read_interpreter
 from .nixdaemon import restart_nix_daemon
 from .nixtool import INSTALL_NIX, find_nix, validate_candidate
-from .platforms import host_system
 from .reconcile import Plan, plan, plan_removal
 
-DEFAULT_CONFIG = Path("/etc/binfmtd/config.toml")
-DEFAULT_BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
-DEFAULT_NIX_CONF = Path("/etc/nix/nix.conf")
-DEFAULT_BINFMT_D = Path("/etc/binfmt.d")
 
-
-@dataclass(frozen=True)
-class Host:
-    """Every path binfmtd reads or writes; only cli builds one, tests point it at tmp."""
-
-    binfmt_misc: Path = DEFAULT_BINFMT_MISC
-    nix_conf: Path = DEFAULT_NIX_CONF
-    config: Path = DEFAULT_CONFIG
-    config_required: bool = False  # the user named the config file: it must exist
-    binfmt_d: Path = DEFAULT_BINFMT_D  # where `register` leaves its lines for systemd-binfmt
-    system: str = field(default_factory=lambda: host_system(os.uname().machine))
-
-
-@dataclass(frozen=True)
-class World:
+class World(NamedTuple):
     """Everything a plan is made from, read at one moment."""
 
     binfmt: BinfmtState
@@ -65,8 +44,7 @@ def plan_for(world: World, config: Config, host: Host, *, remove: bool = False) 
     return plan(world.binfmt, world.interpreters, conf_text, config, host.system, conf_name)
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """One reconcile: what was read, the plan, and what applying it did."""
 
     world: World

@@ -10,8 +10,7 @@ import ctypes
 import errno
 import os
 import struct
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
@@ -32,8 +31,7 @@ IN_CLOEXEC = os.O_CLOEXEC
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One inotify event; `name` is the file inside a watched folder, or ''."""
 
     wd: int

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 BEGIN_MARKER = "# BEGIN binfmtd managed block: edits inside are overwritten"
 END_MARKER = "# END binfmtd managed block"
@@ -40,8 +39,7 @@ class BrokenBlock(ValueError):
     """The file's binfmtd markers are not one well-formed block; nobody may edit it."""
 
 
-@dataclass(frozen=True)
-class Block:
+class Block(NamedTuple):
     """Where the managed block lies in a file, and what it declares."""
 
     start: int  # offset of its leading newline, or of BEGIN when it has none
@@ -50,8 +48,7 @@ class Block:
     sandbox_paths: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     """One `key = value` line of a nix.conf, as Nix would read it."""
 
     line: int  # 1-based

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .config import RestartPolicy
 from .errors import BinfmtdError
@@ -22,8 +21,7 @@ START_TIME_SLACK_SECONDS = 1.0
 DEFAULT_CONF_DIR = "/etc/nix"
 
 
-@dataclass(frozen=True)
-class DaemonProcess:
+class DaemonProcess(NamedTuple):
     """The listening nix-daemon (not the per-connection workers it forks)."""
 
     pid: int

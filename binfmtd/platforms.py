@@ -8,8 +8,7 @@ differently, and an administrator may call one anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, TypeVar, Union
+from typing import NamedTuple, Optional, TypeVar, Union
 
 T = TypeVar("T")
 
@@ -108,8 +107,7 @@ HOST_SYSTEMS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class ElfIdentity:
+class ElfIdentity(NamedTuple):
     """What an ELF magic says about the binaries it matches."""
 
     elf_class: int
@@ -125,8 +123,7 @@ class ElfIdentity:
         return f"{bits} {order} {name}{abi}"
 
 
-@dataclass(frozen=True)
-class NotElf:
+class NotElf(NamedTuple):
     """The magic is not an ELF header (a .pyc, LLVM bitcode, a Windows PE...)."""
 
     reason: str

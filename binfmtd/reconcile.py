@@ -7,8 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .binfmt import BinfmtState, Handler, Interpreter, MalformedEntry
 from .config import Config
@@ -25,8 +24,7 @@ from .nixconf import (
 from .platforms import ElfIdentity, decode_magic, served_systems
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """Something a user should fix, named by what it concerns."""
 
     subject: str  # a handler's name, or the nix.conf path
@@ -36,8 +34,7 @@ class Problem:
         return f"{self.subject}: {self.message}"
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     """What one binfmt_misc entry makes binfmtd declare, and why."""
 
     name: str
@@ -51,8 +48,7 @@ class Verdict:
     no_nix_system: bool = False  # a machine Nix has no system for: status folds these
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """What nix.conf should hold, and whether nix-daemon must be restarted for it."""
 
     verdicts: tuple[Verdict, ...]

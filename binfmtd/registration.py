@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .binfmt import Handler
 from .conffile import write_conf_text
-from .config import Config
+from .config import Config, Host
 from .emulators import (
     EMULATIONS,
     Candidate,
@@ -25,13 +24,11 @@ from .emulators import (
     render_binfmt_line,
 )
 from .errors import BinfmtdError
-from .host import Host
 from .interpreters import read_interpreter
 from .reconcile import Plan
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What register did for one system; `ok` False means the user must act."""
 
     system: str

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from .nixdaemon import DaemonProcess
 from .nixtool import INSTALL_NIX
@@ -12,8 +11,7 @@ from .reconcile import Plan, Verdict
 EFFECTIVE_KEYS = ("system", "extra-platforms", "sandbox-paths")
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(NamedTuple):
     """A plan with what was seen around it."""
 
     binfmt_misc: str

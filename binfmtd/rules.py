@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 MAX_RESTART_BACKOFF_SECONDS = 300.0
 
@@ -31,8 +30,7 @@ class Action(enum.Enum):
     WATCHDOG = "watchdog"
 
 
-@dataclass(frozen=True)
-class Timing:
+class Timing(NamedTuple):
     """The daemon's intervals, in seconds."""
 
     debounce: float

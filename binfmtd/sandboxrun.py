@@ -12,8 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 CLONE_NEWNS = 0x00020000
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
@@ -21,8 +20,7 @@ DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
 PROGRAM = "/binfmtd-doctor"
 
 
-@dataclass(frozen=True)
-class SandboxRun:
+class SandboxRun(NamedTuple):
     """The outcome: an exit status, or why the program could not start."""
 
     status: Optional[int]

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .conffile import managed_file, read_conf_text
-from .config import Config
+from .config import Config, Host
 from .errors import BinfmtdError
-from .host import Host, World
 from .nixdaemon import failed_units, find_nix_daemons, started_before, systemd_running
 from .nixtool import NixReading, find_nix, start_reading
-from .reconcile import Plan
-from .report import Report
+
+if TYPE_CHECKING:  # ask_nix() runs before these are imported
+    from .host import World
+    from .reconcile import Plan
+    from .report import Report
 
 
 def ask_nix(host: Host, config: Config) -> Optional[NixReading]:
@@ -35,6 +37,8 @@ def ask_nix(host: Host, config: Config) -> Optional[NixReading]:
 def gather_report(world: World, planned: Plan, host: Host, config: Config,
                   reading: Optional[NixReading]) -> Report:
     """The plan, with Nix's own reading (from ask_nix) and nix-daemon's state."""
+    from .report import Report
+
     effective: Optional[dict[str, str]] = None
     effective_error = None
     if reading is not None:

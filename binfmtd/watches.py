@@ -7,9 +7,8 @@ name because editors and configuration management replace files rather than writ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from . import inotify
 from .log import get_logger
@@ -20,8 +19,7 @@ FOLDER_EVENTS = (inotify.IN_CLOSE_WRITE | inotify.IN_MOVED_TO | inotify.IN_MOVED
                  | inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_ONLYDIR)
 
 
-@dataclass(frozen=True)
-class Seen:
+class Seen(NamedTuple):
     """What a batch of events means to the daemon."""
 
     relevant: bool = False  # reconcile soon

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from binfmtd.binfmt import BinfmtState, Handler, Interpreter, MalformedEntry
@@ -165,5 +163,5 @@ def test_a_users_own_extra_platforms_line_is_pointed_out() -> None:
 
 
 def test_two_handlers_for_one_system_declare_it_once() -> None:
-    result = make_plan(handler(), replace(handler(), name="qemu-aarch64-2"))
+    result = make_plan(handler(), handler()._replace(name="qemu-aarch64-2"))
     assert result.platforms == ("aarch64-linux",)
