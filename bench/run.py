@@ -65,8 +65,6 @@ class Daemon:
         self.log_path = folder / "daemon.log"
         self.restarts_path = folder / "restarts.log"
         self.namespace = namespace
-
-    def prepare(self) -> None:
         self.conf.parent.mkdir(parents=True)
         self.conf.write_text("sandbox = true\n")
 
@@ -164,7 +162,6 @@ def bench_status(namespace: PrivateBinfmt, folder: Path, pairs: int) -> None:
 def bench_latency(namespace: PrivateBinfmt, folder: Path, rounds: int) -> None:
     flush_all(namespace)
     daemon = Daemon(folder / "latency", namespace)
-    daemon.prepare()
     added, removed = [], []
     with daemon.running():
         for _ in range(rounds):
@@ -190,7 +187,6 @@ def bench_flush(namespace: PrivateBinfmt, folder: Path) -> None:
     daemon was watching all along."""
     register_debian(namespace)
     daemon = Daemon(folder / "flush", namespace)
-    daemon.prepare()
     with daemon.running(interval=0.1):
         wait_for(lambda: daemon.restarts == 1, 5)
         writes, restarts = daemon.writes, daemon.restarts
@@ -210,7 +206,6 @@ def bench_flush(namespace: PrivateBinfmt, folder: Path) -> None:
 def bench_storm(namespace: PrivateBinfmt, folder: Path, writes: int) -> None:
     flush_all(namespace)
     daemon = Daemon(folder / "storm", namespace)
-    daemon.prepare()
     with daemon.running():
         before = daemon.writes
         start = time.perf_counter()
@@ -229,7 +224,6 @@ def bench_idle(namespace: PrivateBinfmt, folder: Path, seconds: float) -> None:
     flush_all(namespace)
     namespace.register(LINE)
     daemon = Daemon(folder / "idle", namespace)
-    daemon.prepare()
     with daemon.running() as process:
         # Settled: its first write and restart are logged, and it sleeps in select().
         wait_for(lambda: b"nixdaemon.restarted" in daemon.log_path.read_bytes(), 15)
