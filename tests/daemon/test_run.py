@@ -84,16 +84,22 @@ def test_flush_and_reregister_like_systemd_binfmt_writes_and_restarts_nothing(
     lines = systemd_binfmt_lines()
     for line in lines:
         real_binfmt.register(line)
+    daemon.write_config("debounce-seconds = 0.5\n")  # a burst shorter than this: one look
     daemon.start()
     daemon.wait_for_message("READY=1")
     daemon.wait_until(lambda: daemon.restarts == 1)
     before = daemon.nix_conf.stat().st_mtime_ns
     reads = Reads(real_binfmt.binfmt_misc)
+    flushed = time.monotonic()
     for _ in range(3):
         real_binfmt.flush()
         for line in lines:
             real_binfmt.register(line)
+    burst = time.monotonic() - flushed
+    assert burst < 0.25, f"the burst took {burst:.2f} s: too slow to be one burst here"
     reads.wait_for_a_read_after_my_writes()  # the daemon looked at the world after the flush
+    print(f"3 flushes of {len(lines)} lines in {burst * 1000:.0f} ms; the daemon read them "
+          f"{time.monotonic() - flushed:.2f} s after the first")
     # The control: a real change now. Its write must be the only one since the first
     # sync, and the same waits must see it (else the daemon stopped watching).
     assert "s390x-linux" in daemon.nix_conf.read_text()
@@ -231,7 +237,9 @@ def test_waits_for_binfmt_misc_to_be_mounted_without_spinning(
         cpu = _cpu_seconds(waiting)
         woke = waits_for(lambda: wakeups(waiting.pid) != asleep, timeout=0.5)
         assert not woke, "the daemon woke up with nothing to do: it polls"
-        assert _cpu_seconds(waiting) - cpu < 0.05
+        idle_cpu = _cpu_seconds(waiting) - cpu
+        assert idle_cpu < 0.05
+        print(f"waiting for the mount: 0 wake-ups and {idle_cpu:.3f} s CPU in 0.5 s")
         mounted = real_binfmt.run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT_MISC])
         assert mounted.returncode == 0, mounted.stderr
         assert waits_for(lambda: wakeups(waiting.pid) != asleep, timeout=2)  # the control
