@@ -18,6 +18,7 @@ TEMP_SUFFIX = ".binfmtd"
 # still writing: every write finishes within seconds.
 STALE_TEMP_SECONDS = 60
 DETERMINATE_CUSTOM_FILE = "nix.custom.conf"
+NIX_STORE = "/nix/store/"
 
 
 def read_conf_text(path: Path) -> Optional[str]:
@@ -28,6 +29,28 @@ def read_conf_text(path: Path) -> Optional[str]:
         return None
     except OSError as error:
         raise BinfmtdError(f"cannot read {path}: {error.strerror}") from error
+
+
+def foreign_owner(path: Path) -> Optional[str]:
+    """Why `path` is not binfmtd's to write, None when it is.
+
+    A nix.conf that resolves into the Nix store belongs to whatever built it (NixOS,
+    home-manager, system-manager): writing through the link would change a store path
+    in place, and the manager's next activation would drop the change anyway. A file
+    with no write bit at all says the same of some other manager.
+    """
+    real = os.path.realpath(path)
+    if real.startswith(NIX_STORE):
+        return f"belongs to the Nix store ({real})"
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise BinfmtdError(f"cannot read {path}: {error.strerror}") from error
+    if not mode & 0o222:
+        return f"is read-only (mode {mode & 0o7777:04o}), so something else manages it"
+    return None
 
 
 def managed_file(main_conf: Path, main_text: Optional[str], target: str) -> Path:

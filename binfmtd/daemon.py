@@ -75,6 +75,7 @@ class Announcer:
 
     def __init__(self) -> None:
         self.error: Optional[str] = None
+        self._cause: Optional[str] = None
         self._problems: frozenset[str] = frozenset()
         self._status: Optional[str] = None
         self._log = get_logger()
@@ -88,12 +89,13 @@ class Announcer:
             self._log.info("problem.resolved", problem=problem)
         self._problems = current
 
-    def failed(self, error: Optional[str]) -> None:
-        """The last reconcile's error (None: it worked); a new one is logged once."""
-        if error is not None and error != self.error:
-            self._log.error("reconcile.failed", error=error,
+    def failed(self, error: Optional[BinfmtdError]) -> None:
+        """The last reconcile's error (None: it worked); each cause is logged once."""
+        if error is not None and error.cause != self._cause:
+            self._log.error("reconcile.failed", error=str(error),
                             retry="on the next change, or at the next resync")
-        self.error = error
+        self.error = None if error is None else str(error)
+        self._cause = None if error is None else error.cause
 
     def ready(self, status: str) -> None:
         self._status = status
@@ -186,7 +188,7 @@ class Daemon:
         try:
             outcome = reconcile_once(self.host, self.config, write=True, restart=False)
         except BinfmtdError as error:
-            self.said.failed(str(error))
+            self.said.failed(error)
             self.rules.reconciled(self.clock(), restart=False)
         else:
             self._take(outcome)

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class BinfmtdError(Exception):
-    """A condition the user must fix; cli prints its message as one line and exits 2."""
+    """A condition the user must fix; cli prints its message as one line and exits 2.
+
+    `cause` is the part that stays the same while details change (a refusal's message
+    lists the values to declare, which follow every registration): the daemon logs a
+    failure again only when its cause changes.
+    """
+
+    def __init__(self, message: str, *, cause: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.cause = cause if cause is not None else message

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 from .binfmt import BinfmtState, Handler, Interpreter, read_binfmt_state
-from .conffile import managed_file, read_conf_text, write_conf_text
+from .conffile import foreign_owner, managed_file, read_conf_text, write_conf_text
 from .config import Config, Host
 from .errors import BinfmtdError
 from .interpreters import read_interpreter
 from .nixdaemon import restart_nix_daemon
-from .nixtool import INSTALL_NIX, find_nix, validate_candidate
+from .nixtool import find_nix, read_install_hint, validate_candidate
 from .reconcile import Plan, plan, plan_removal
 
 
@@ -23,6 +23,7 @@ class World(NamedTuple):
     main_text: Optional[str]  # nix.conf; None when it does not exist
     managed: Path  # the file that holds the block
     managed_text: Optional[str]
+    managed_foreign: Optional[str] = None  # why that file is not binfmtd's to write
 
 
 def read_world(host: Host, config: Config) -> World:
@@ -33,15 +34,17 @@ def read_world(host: Host, config: Config) -> World:
     main_text = read_conf_text(host.nix_conf)
     managed = managed_file(host.nix_conf, main_text, config.nix_conf_target)
     managed_text = main_text if managed == host.nix_conf else read_conf_text(managed)
-    return World(binfmt, interpreters, main_text, managed, managed_text)
+    return World(binfmt, interpreters, main_text, managed, managed_text,
+                 foreign_owner(managed))
 
 
 def plan_for(world: World, config: Config, host: Host, *, remove: bool = False) -> Plan:
     """The plan for this world; with `remove`, the plan that takes the block out."""
     conf_text, conf_name = world.managed_text or "", str(world.managed)
     if remove:
-        return plan_removal(conf_text, conf_name)
-    return plan(world.binfmt, world.interpreters, conf_text, config, host.system, conf_name)
+        return plan_removal(conf_text, conf_name, world.managed_foreign)
+    return plan(world.binfmt, world.interpreters, conf_text, config, host.system, conf_name,
+                world.managed_foreign)
 
 
 class Outcome(NamedTuple):
@@ -74,12 +77,12 @@ def reconcile_once(host: Host, config: Config, *, write: bool, restart: bool,
     looked = read_and_plan(host, config, remove=remove)
     world, planned = looked.world, looked.plan
     if planned.blocked:
-        raise BinfmtdError(planned.blocked)
+        raise BinfmtdError(planned.blocked, cause=planned.refused)
     if not write or planned.text is None:
         return looked
     if not world.managed.parent.is_dir():
         raise BinfmtdError(f"{world.managed.parent} does not exist: is Nix installed? "
-                           f"({INSTALL_NIX})")
+                           f"({read_install_hint()})")
     nix = find_nix()
     if nix is not None:
         _validate(nix, world, planned.text, host)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
@@ -14,12 +15,79 @@ from .proc import run_program, start_program
 EXPERIMENTAL = ["--extra-experimental-features", "nix-command"]
 # Nix 2.8 has `nix show-config`; newer Nix calls it `nix config show`.
 SHOW_CONFIG_COMMANDS = (["show-config"], ["config", "show"])
-INSTALL_NIX = "apt-get install nix-bin (Debian/Ubuntu) or dnf install nix-daemon (Fedora)"
 
 
-def find_nix() -> Optional[str]:
-    """The `nix` program, or None where Nix is not installed."""
-    return shutil.which("nix")
+# Where installers put `nix` when it is not on PATH (systemd's and sudo's PATH lack them).
+UPSTREAM_PROFILE_BIN = "/nix/var/nix/profiles/default/bin"  # the upstream/Determinate installers
+ROOT_PROFILE_BIN = "/root/.nix-profile/bin"  # a single-user install by root
+NIX_DAEMON_UNIT = "nix-daemon.service"
+
+
+def find_nix(environ: Mapping[str, str] = os.environ) -> Optional[str]:
+    """The `nix` program: on PATH, else beside nix-daemon.service's ExecStart, else in the
+    upstream installer's default profile, else in root's own profile; None if none."""
+    found = shutil.which("nix", path=environ.get("PATH"))
+    if found is not None:
+        return found
+    for folder in (*_unit_folders(), UPSTREAM_PROFILE_BIN, ROOT_PROFILE_BIN):
+        candidate = os.path.join(folder, "nix")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _unit_folders() -> tuple[str, ...]:
+    """The folder of nix-daemon.service's ExecStart, where systemd runs and knows it."""
+    if not os.path.isdir("/run/systemd/system") or shutil.which("systemctl") is None:
+        return ()
+    shown = run_program(["systemctl", "show", "--property=ExecStart", NIX_DAEMON_UNIT],
+                        check=False, timeout=10).stdout
+    path = exec_start_path(shown)
+    return (os.path.dirname(path),) if path else ()
+
+
+def exec_start_path(shown: str) -> Optional[str]:
+    """The program of `systemctl show -p ExecStart` output:
+    `ExecStart={ path=/nix/var/nix/profiles/default/bin/nix-daemon ; argv[]=... }`."""
+    for field in shown.replace("{", " ").replace("}", " ").split(";"):
+        key, _, value = field.strip().partition("=")
+        if key == "ExecStart" and value.strip().startswith("path="):
+            key, _, value = value.strip().partition("=")
+        if key == "path" and value.strip().startswith("/"):
+            return value.strip()
+    return None
+
+
+def version_argv(nix: str) -> list[str]:
+    return [nix, "--version"]
+
+
+def parse_version(output: str) -> Optional[str]:
+    """`nix (Nix) 2.8.0` -> 2.8.0; Determinate prints `nix (Determinate Nix 3.8.2) 2.30.1`."""
+    words = output.split()
+    return words[-1] if words and words[-1][:1].isdigit() else None
+
+
+def install_hint(os_release: str) -> str:
+    """How to install Nix on this distribution (from /etc/os-release's ID and ID_LIKE)."""
+    ids: set[str] = set()
+    for line in os_release.splitlines():
+        key, _, value = line.partition("=")
+        if key in ("ID", "ID_LIKE"):
+            ids.update(value.strip().strip('"').split())
+    if ids & {"debian", "ubuntu"}:
+        return "apt-get install nix-bin"
+    if ids & {"fedora", "rhel", "centos"}:
+        return "dnf install nix-daemon"
+    return "install Nix with its own installer (nixos.org/download)"
+
+
+def read_install_hint() -> str:
+    try:
+        with open("/etc/os-release", encoding="utf-8", errors="replace") as file:
+            return install_hint(file.read())
+    except OSError:
+        return install_hint("")
 
 
 def show_config_argv(nix: str, command: list[str]) -> list[str]:
@@ -27,16 +95,28 @@ def show_config_argv(nix: str, command: list[str]) -> list[str]:
 
 
 class NixReading:
-    """`nix show-config` under way for the nix.conf in one folder (no user files).
+    """`nix show-config` under way for the nix.conf in one folder (no user files), and
+    with `version`, `nix --version` beside it.
 
     `status` starts it before reading binfmt_misc, so Nix's ~20 ms overlap binfmtd's own.
     """
 
-    def __init__(self, nix: str, conf_dir: Path, staged: Optional[Path] = None) -> None:
+    def __init__(self, nix: str, conf_dir: Path, staged: Optional[Path] = None, *,
+                 version: bool = False) -> None:
         env = {k: v for k, v in os.environ.items() if k != "NIX_CONFIG"}
         env.update(NIX_CONF_DIR=str(conf_dir), NIX_USER_CONF_FILES="/dev/null")
-        self._nix, self._env, self._staged = nix, env, staged
+        self.nix, self._env, self._staged = nix, env, staged
         self._first = start_program(show_config_argv(nix, SHOW_CONFIG_COMMANDS[0]), env=env)
+        self._version = start_program(version_argv(nix), env=env) if version else None
+
+    def version(self) -> Optional[str]:
+        """What `nix --version` says, e.g. 2.8.0; None when not asked or not understood."""
+        if self._version is None:
+            return None
+        try:
+            return parse_version(self._version.wait(check=False).stdout)
+        except BinfmtdError:
+            return None
 
     def result(self) -> dict[str, str]:
         """The settings Nix derives; BinfmtdError when it rejects the file."""
@@ -51,7 +131,7 @@ class NixReading:
         for command in SHOW_CONFIG_COMMANDS[1:]:
             if result.returncode == 0 or not _unknown_command(result.stderr):
                 break
-            result = run_program(show_config_argv(self._nix, command), check=False,
+            result = run_program(show_config_argv(self.nix, command), check=False,
                                  env=self._env, timeout=30)
         if result.returncode == 0:
             return result.stdout
@@ -70,7 +150,7 @@ def read_effective_settings(nix: str, conf_dir: Path) -> dict[str, str]:
 
 
 def start_reading(nix: str, main_conf: Path, managed: Path, text: str,
-                  main_text: str) -> NixReading:
+                  main_text: str, *, version: bool = False) -> NixReading:
     """Ask Nix about the files as they would be with `text` in `managed`.
 
     The files go into a temp folder laid out like the real one: the main nix.conf (or
@@ -89,7 +169,7 @@ def start_reading(nix: str, main_conf: Path, managed: Path, text: str,
                 _stage(staged / name, text)
             elif (main_conf.parent / name).exists():
                 os.symlink(main_conf.parent / name, staged / name)
-        return NixReading(nix, staged, staged=staged)
+        return NixReading(nix, staged, staged=staged, version=version)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

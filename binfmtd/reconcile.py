@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Optional
 
 from .binfmt import BinfmtState, Handler, Interpreter, MalformedEntry
@@ -61,6 +61,7 @@ class Plan(NamedTuple):
     problems: tuple[Problem, ...]
     notes: tuple[str, ...] = ()
     blocked: Optional[str] = None  # why nix.conf cannot be edited at all
+    refused: Optional[str] = None  # blocked because the file is someone else's: why
 
     @property
     def in_sync(self) -> bool:
@@ -74,8 +75,14 @@ def plan(
     config: Config,
     host_system: str,
     conf_name: str = "nix.conf",
+    foreign: Optional[str] = None,
 ) -> Plan:
-    """Decide the managed block for this world; pure, so every caller agrees."""
+    """Decide the managed block for this world; pure, so every caller agrees.
+
+    `foreign` says why the file is not binfmtd's to write (it belongs to the Nix store,
+    or to another manager): a change it would need is then refused, with the values to
+    declare where the file comes from.
+    """
     verdicts = tuple(
         judge_entry(entry, binfmt.enabled, interpreters, config, host_system)
         for entry in binfmt.entries
@@ -91,7 +98,7 @@ def plan(
         problems.append(Problem("binfmt_misc", "is not mounted: nothing can be emulated; "
                                 "mount it (mount -t binfmt_misc binfmt_misc "
                                 "/proc/sys/fs/binfmt_misc) or start systemd-binfmt"))
-    blocked = None
+    blocked = refused_by = None
     block: Optional[Block] = None
     new_text: Optional[str] = None
     try:
@@ -106,6 +113,11 @@ def plan(
                                 "binfmtd block and overrides it; sync moves the block last"))
     if new_text == conf_text or not binfmt.mounted:
         new_text = None
+    if new_text is not None and foreign is not None:
+        refused = refusal(foreign, platforms, sandbox_paths)
+        blocked = f"{conf_name} {refused}"
+        problems.append(Problem(conf_name, refused))
+        new_text, refused_by = None, f"{conf_name} {foreign}"
     return Plan(
         verdicts=verdicts,
         platforms=platforms,
@@ -117,10 +129,21 @@ def plan(
         problems=tuple(problems),
         notes=tuple(notes),
         blocked=blocked,
+        refused=refused_by,
     )
 
 
-def plan_removal(conf_text: str, conf_name: str = "nix.conf") -> Plan:
+def refusal(foreign: str, platforms: Sequence[str], sandbox_paths: Sequence[str]) -> str:
+    """Why the file is someone else's, and the values to declare there instead."""
+    values = (f"extra-platforms = {' '.join(platforms) or '(none)'}; extra-sandbox-paths = "
+              f"{' '.join(p + '?' for p in sandbox_paths) or '(none)'}")
+    return (f"{foreign}: binfmtd does not write there; declare these in what manages it "
+            "(home-manager's or system-manager's nix.settings; on NixOS, "
+            f"boot.binfmt.emulatedSystems): {values}")
+
+
+def plan_removal(conf_text: str, conf_name: str = "nix.conf",
+                 foreign: Optional[str] = None) -> Plan:
     """`binfmtd remove` as a plan: the file without the block, byte for byte as before."""
     block, new_text, broken = None, None, None
     try:
@@ -129,6 +152,9 @@ def plan_removal(conf_text: str, conf_name: str = "nix.conf") -> Plan:
     except BrokenBlock as error:
         broken = str(error)
     if new_text == conf_text:
+        new_text = None
+    if new_text is not None and foreign is not None:
+        broken = f"{foreign}: binfmtd does not write there; remove its block in what manages it"
         new_text = None
     return Plan(
         verdicts=(),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Optional
 
 from .nixdaemon import DaemonProcess
-from .nixtool import INSTALL_NIX
 from .reconcile import Plan, Verdict
 
 EFFECTIVE_KEYS = ("system", "extra-platforms", "sandbox-paths")
@@ -25,6 +24,9 @@ class Report(NamedTuple):
     stale_daemons: tuple[DaemonProcess, ...]
     nix_installed: bool = True
     unit_failure: Optional[str] = None  # nix-daemon's systemd units have failed
+    nix: Optional[str] = None  # the `nix` program asked, wherever its installer put it
+    nix_version: Optional[str] = None
+    install_hint: Optional[str] = None  # how to install Nix here, when it is not
 
     @property
     def healthy(self) -> bool:
@@ -60,6 +62,8 @@ def to_json(report: Report, **extra: Any) -> dict[str, Any]:
         "notes": list(plan.notes),
         "effective": report.effective,
         "nix_installed": report.nix_installed,
+        "nix": ({"path": report.nix, "version": report.nix_version}
+                if report.nix is not None else None),
         "nix_daemon": {"pids": [d.pid for d in report.daemons],
                        "restart_needed": bool(report.stale_daemons),
                        "failed": report.unit_failure},
@@ -131,6 +135,12 @@ def _handler_lines(verdict: Verdict, width: int) -> list[str]:
 
 
 def _effective_lines(report: Report) -> list[str]:
+    asked = ([f"  Nix asked  {report.nix} ({report.nix_version or 'version unknown'})"]
+             if report.nix is not None else [])
+    return asked + _reading_lines(report)
+
+
+def _reading_lines(report: Report) -> list[str]:
     if report.effective_error:
         return [f"  Nix says   {report.effective_error}"]
     if report.effective is None:
@@ -155,7 +165,7 @@ def _daemon_lines(report: Report) -> list[str]:
 def _verdict_line(report: Report) -> str:
     plan = report.plan
     if not report.nix_installed:
-        return f"Nix is not installed: {INSTALL_NIX}, then run binfmtd sync"
+        return f"Nix is not installed: {report.install_hint}, then run binfmtd sync"
     if plan.blocked:
         return "cannot edit nix.conf: see the problem above"
     if not plan.in_sync:

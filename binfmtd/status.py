@@ -10,7 +10,7 @@ from .conffile import managed_file, read_conf_text
 from .config import Config, Host
 from .errors import BinfmtdError
 from .nixdaemon import failed_units, find_nix_daemons, started_before, systemd_running
-from .nixtool import NixReading, find_nix, start_reading
+from .nixtool import NixReading, find_nix, read_install_hint, start_reading
 
 if TYPE_CHECKING:  # ask_nix() runs before these are imported
     from .host import World
@@ -27,11 +27,11 @@ def ask_nix(host: Host, config: Config) -> Optional[NixReading]:
     if nix is None:
         return None
     if host.nix_conf.name == "nix.conf":  # Nix reads the real folder, as nix-daemon does
-        return NixReading(nix, host.nix_conf.parent)
+        return NixReading(nix, host.nix_conf.parent, version=True)
     main_text = read_conf_text(host.nix_conf)
     managed = managed_file(host.nix_conf, main_text, config.nix_conf_target)
     text = main_text if managed == host.nix_conf else read_conf_text(managed)
-    return start_reading(nix, host.nix_conf, managed, text or "", main_text or "")
+    return start_reading(nix, host.nix_conf, managed, text or "", main_text or "", version=True)
 
 
 def gather_report(world: World, planned: Plan, host: Host, config: Config,
@@ -46,9 +46,9 @@ def gather_report(world: World, planned: Plan, host: Host, config: Config,
             effective = reading.result()
         except BinfmtdError as error:
             effective_error = str(error)
-    nix = reading is not None or find_nix() is not None
+    nix = reading.nix if reading is not None else find_nix()
     daemons = tuple(find_nix_daemons(str(host.nix_conf.parent)))
-    nix_installed = nix or world.managed.parent.is_dir()
+    nix_installed = nix is not None or world.managed.parent.is_dir()
     unit = config.restart.unit
     unit_failure = failed_units(unit) if unit is not None and systemd_running() else None
     changed = _last_change(world)
@@ -65,6 +65,9 @@ def gather_report(world: World, planned: Plan, host: Host, config: Config,
         stale_daemons=stale,
         nix_installed=nix_installed,
         unit_failure=unit_failure,
+        nix=nix,
+        nix_version=reading.version() if reading is not None else None,
+        install_hint=None if nix_installed else read_install_hint(),
     )
 
 

@@ -43,6 +43,7 @@ WRITER = "binfmtd/conffile.py"
 WRITER_TESTS = "tests/integration/test_writer_syscalls.py tests/unit"
 FUZZ = "tests/unit/test_entry_fuzz.py"
 RULES = "binfmtd/rules.py"
+FOREIGN_TESTS = "tests/cli/test_foreign_conf.py"
 RULES_TESTS = "tests/unit/test_daemon_rules.py"
 RUN_TIMEOUT = 1800
 
@@ -84,6 +85,12 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(FUZZ, "SAMPLES = samples()",
            "SAMPLES = st.text(max_size=400).map(lambda text: Sample(text, None))",
            "fuzz: the strategy is random text again", FUZZ),
+    # A nix.conf that is not binfmtd's to write (binfmtd/conffile.py).
+    Mutant("binfmtd/conffile.py", "    if real.startswith(NIX_STORE):\n",
+           "    if real.startswith('/nonexistent/'):\n",
+           "store: a nix.conf in the Nix store is written through", FOREIGN_TESTS),
+    Mutant("binfmtd/conffile.py", "    if not mode & 0o222:\n", "    if False:\n",
+           "store: a read-only nix.conf is written anyway", FOREIGN_TESTS),
     # The daemon's timing rules (binfmtd/rules.py), driven on made-up times.
     Mutant(RULES, "min(now + self.timing.debounce, start + self.timing.max_delay)",
            "min(now, start + self.timing.max_delay)", "daemon: debounce 0", RULES_TESTS),
