@@ -68,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="prove that each platform really builds")
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
 
+    builder = commands.add_parser(
+        "builder-line", help="this machine's line for Nix clients' /etc/nix/machines")
+    builder.add_argument("--uri", metavar="URI",
+                         help="how clients reach it (default ssh://root@HOSTNAME)")
+    builder.add_argument("--ssh-key", metavar="PATH",
+                         help="the client's private key for it (default: ssh's own)")
+    builder.add_argument("--jobs", type=_positive, metavar="N",
+                         help="builds at once (default: Nix's max-jobs here)")
+    builder.add_argument("--speed", type=_positive, default=1, metavar="N",
+                         help="speed factor against other builders (default 1)")
+    builder.add_argument("--mandatory-feature", action="append", default=[],
+                         metavar="FEATURE", help="take only builds that require it (repeat)")
+    builder.add_argument("--json", action="store_true", help="print one JSON object")
+
     remove = commands.add_parser("remove", help="take binfmtd's block out of nix.conf")
     remove.add_argument("--no-restart", action="store_true", help="do not restart nix-daemon")
     return parser
@@ -77,6 +91,12 @@ DEFAULT_CONFIG = Path("/etc/binfmtd/config.toml")
 DEFAULT_BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
 DEFAULT_NIX_CONF = Path("/etc/nix/nix.conf")
 DEFAULT_BINFMT_D = Path("/etc/binfmt.d")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def host_from(args: argparse.Namespace) -> Host:
@@ -242,6 +262,30 @@ def cmd_doctor(args: argparse.Namespace, host: Host, config: Config) -> int:
     return EXIT_OK if all(d.ok for d in diagnoses) else EXIT_ATTENTION
 
 
+def cmd_builder_line(args: argparse.Namespace, host: Host, config: Config) -> int:
+    from .builder import BuilderOptions, builder_line, hostname, read_host_key
+    from .nixtool import read_install_hint
+    from .status import ask_nix
+
+    reading = ask_nix(host, config)
+    if reading is None:
+        raise BinfmtdError(f"Nix is not installed, so this machine builds nothing: "
+                           f"{read_install_hint()}")
+    from .host import read_and_plan
+
+    declared = read_and_plan(host, config).plan.declared_platforms
+    options = BuilderOptions(uri=args.uri, ssh_key=args.ssh_key, max_jobs=args.jobs,
+                             speed_factor=args.speed,
+                             mandatory_features=tuple(args.mandatory_feature))
+    line = builder_line(host.system, declared, reading.result(), options, read_host_key(),
+                        hostname())
+    if args.json:
+        print_json(line.to_json())
+    else:
+        print(line.render())
+    return EXIT_OK
+
+
 def cmd_remove(args: argparse.Namespace, host: Host, config: Config) -> int:
     from .host import reconcile_once
 
@@ -282,4 +326,5 @@ def _warn_problems(problems: Sequence[object]) -> None:
 
 
 COMMANDS = {"status": cmd_status, "sync": cmd_sync, "run": cmd_run, "remove": cmd_remove,
-            "register": cmd_register, "unregister": cmd_unregister, "doctor": cmd_doctor}
+            "register": cmd_register, "unregister": cmd_unregister, "doctor": cmd_doctor,
+            "builder-line": cmd_builder_line}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from .nixdaemon import DaemonProcess
 from .reconcile import Plan, Verdict
+
+if TYPE_CHECKING:  # built only where Nix could be asked
+    from .builder import BuilderLine
 
 EFFECTIVE_KEYS = ("system", "extra-platforms", "sandbox-paths")
 
@@ -27,6 +30,7 @@ class Report(NamedTuple):
     nix: Optional[str] = None  # the `nix` program asked, wherever its installer put it
     nix_version: Optional[str] = None
     install_hint: Optional[str] = None  # how to install Nix here, when it is not
+    builder: Optional[BuilderLine] = None  # this machine's line for Nix clients
 
     @property
     def healthy(self) -> bool:
@@ -64,6 +68,7 @@ def to_json(report: Report, **extra: Any) -> dict[str, Any]:
         "nix_installed": report.nix_installed,
         "nix": ({"path": report.nix, "version": report.nix_version}
                 if report.nix is not None else None),
+        "builder": report.builder.to_json() if report.builder is not None else None,
         "nix_daemon": {"pids": [d.pid for d in report.daemons],
                        "restart_needed": bool(report.stale_daemons),
                        "failed": report.unit_failure},

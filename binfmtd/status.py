@@ -13,6 +13,7 @@ from .nixdaemon import failed_units, find_nix_daemons, started_before, systemd_r
 from .nixtool import NixReading, find_nix, read_install_hint, start_reading
 
 if TYPE_CHECKING:  # ask_nix() runs before these are imported
+    from .builder import BuilderLine
     from .host import World
     from .reconcile import Plan
     from .report import Report
@@ -68,7 +69,19 @@ def gather_report(world: World, planned: Plan, host: Host, config: Config,
         nix=nix,
         nix_version=reading.version() if reading is not None else None,
         install_hint=None if nix_installed else read_install_hint(),
+        builder=_builder(host, planned, effective),
     )
+
+
+def _builder(host: Host, planned: Plan, effective: Optional[dict[str, str]]
+             ) -> Optional[BuilderLine]:
+    """This machine's machines-file line with the defaults, where Nix could be asked."""
+    if effective is None:
+        return None
+    from .builder import BuilderOptions, builder_line, hostname, read_host_key
+
+    return builder_line(host.system, planned.declared_platforms, effective, BuilderOptions(),
+                        read_host_key(), hostname())
 
 
 def _last_change(world: World) -> Optional[float]:

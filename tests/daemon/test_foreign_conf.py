@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 from tests.conftest import require
 from tests.daemon.conftest import Reads, RunningDaemon
@@ -19,8 +20,8 @@ def test_a_nix_conf_in_the_store_is_refused_once_and_left_alone(
     added = subprocess.run(["nix-store", "--add", str(daemon.nix_conf)], capture_output=True,
                            text=True, check=False)
     require(added.returncode == 0, f"nix-store --add failed here: {added.stderr.strip()}")
-    store_file = added.stdout.strip()
-    before = open(store_file, "rb").read()
+    store_file = Path(added.stdout.strip())
+    before = store_file.read_bytes()
     daemon.nix_conf.unlink()
     daemon.nix_conf.symlink_to(store_file)
     real_binfmt.register(RISCV64)
@@ -30,7 +31,7 @@ def test_a_nix_conf_in_the_store_is_refused_once_and_left_alone(
     reads = Reads(real_binfmt.binfmt_misc)
     real_binfmt.register(S390X)
     reads.wait_for_a_read_after_my_writes()  # it looked again, with a second reason to write
-    assert open(store_file, "rb").read() == before
+    assert store_file.read_bytes() == before
     assert daemon.nix_conf.is_symlink()
     assert daemon.log.count("reconcile.failed") == 1, daemon.log
     assert daemon.restarts == 0

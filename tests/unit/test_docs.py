@@ -60,7 +60,7 @@ def _readme_commands() -> tuple[str, dict[str, str]]:
     global_lines = [line for line in section.splitlines() if re.match(r"    \S", line)]
     synopses = {
         match.group(1): re.split(r"\s{2,}", match.group(0).strip())[0]
-        for match in re.finditer(r"^      (\w+).*$", section, flags=re.MULTILINE)
+        for match in re.finditer(r"^      (\w[\w-]*).*$", section, flags=re.MULTILINE)
     }
     return "\n".join(global_lines), synopses
 
@@ -77,7 +77,7 @@ def _man_synopsis() -> tuple[str, dict[str, str]]:
     global_lines: list[str] = []
     entries: dict[str, str] = {}
     for chunk in re.split(r"^\.(?:br|PP)$", _man_sections()["SYNOPSIS"], flags=re.MULTILINE):
-        match = re.match(r"\s*\.B binfmtd (\w+)\s*$", chunk, flags=re.MULTILINE)
+        match = re.match(r"\s*\.B binfmtd (\w[\w-]*)\s*$", chunk, flags=re.MULTILINE)
         if match:
             entries[match.group(1)] = chunk
         else:
@@ -87,7 +87,7 @@ def _man_synopsis() -> tuple[str, dict[str, str]]:
 
 def _man_command_entries() -> list[str]:
     """The commands that COMMANDS describes, each a `.TP` tag `.B NAME`."""
-    return re.findall(r"^\.TP\n\.B (\w+)$", _man_sections()["COMMANDS"], flags=re.MULTILINE)
+    return re.findall(r"^\.TP\n\.B (\w[\w-]*)$", _man_sections()["COMMANDS"], flags=re.MULTILINE)
 
 
 def test_the_helpers_see_what_the_parser_has() -> None:
