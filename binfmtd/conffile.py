@@ -18,6 +18,7 @@ TEMP_SUFFIX = ".binfmtd"
 # still writing: every write finishes within seconds.
 STALE_TEMP_SECONDS = 60
 DETERMINATE_CUSTOM_FILE = "nix.custom.conf"
+OWN_FILE = "binfmtd.conf"  # `!include binfmtd.conf` in a templated nix.conf
 NIX_STORE = "/nix/store/"
 
 
@@ -54,11 +55,18 @@ def foreign_owner(path: Path) -> Optional[str]:
 
 
 def managed_file(main_conf: Path, main_text: Optional[str], target: str) -> Path:
-    """Which file holds the block: nix.custom.conf where nix.conf includes it (Determinate)."""
+    """Which file holds the block.
+
+    binfmtd.conf where nix.conf includes it: a nix.conf that configuration management
+    templates loses the block on every run, so the template includes a file of binfmtd's
+    own instead. Else nix.custom.conf where nix.conf includes it (Determinate Nix), else
+    nix.conf itself.
+    """
     if target != "auto":
         return Path(target)
-    for name in included_files(main_text or ""):
-        if name == DETERMINATE_CUSTOM_FILE:
+    included = included_files(main_text or "")
+    for name in (OWN_FILE, DETERMINATE_CUSTOM_FILE):
+        if name in included:
             return main_conf.parent / name
     return main_conf
 

@@ -1,7 +1,9 @@
 """/etc/binfmtd/config.toml: optional; every key has a default that needs no file.
 
-    nix-conf-target = "auto"        # or a path; auto: nix.custom.conf when nix.conf
-                                    # `!include`s it (Determinate Nix), else nix.conf
+    nix-conf-target = "auto"        # or a path; auto: binfmtd.conf when nix.conf
+                                    # `!include`s it (a templated nix.conf), else
+                                    # nix.custom.conf when it includes that
+                                    # (Determinate Nix), else nix.conf
     ignore-platforms = []           # systems never to declare, e.g. ["mips-linux"]
     declare-armv6l = true           # an ARM handler also declares armv6l-linux
     declare-i686 = false            # declare i686-linux on an x86_64 host (Nix's own

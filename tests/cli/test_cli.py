@@ -254,3 +254,22 @@ def test_status_folds_exactly_the_handlers_nix_has_no_system_for(
     folds = [ln for ln in page.splitlines() if ln.startswith("  no Nix system:")]
     assert folds == ([f"  no Nix system: {' '.join(no_system)}"] if no_system else []), page
     assert _handler_rows(page) == [h["name"] for h in handlers if h["name"] not in no_system]
+
+
+def test_a_templated_nix_conf_that_includes_binfmtd_conf_is_never_written(
+    sandbox: Sandbox,
+) -> None:
+    template = "# rendered by configuration management\nsandbox = true\n!include binfmtd.conf\n"
+    sandbox.nix_conf.write_text(template)
+    result = sandbox.run("sync")
+    assert result.returncode == 0, result.stderr
+    own = sandbox.nix_conf.parent / "binfmtd.conf"
+    assert "extra-extra-platforms = " in own.read_text()
+    assert "aarch64-linux" in own.read_text()
+    assert sandbox.nix_conf.read_text() == template
+    assert sandbox.run("sync", "--check").returncode == 0
+    assert len(sandbox.restarts) == 1
+    # The control: the same file without the include line gets the block itself.
+    sandbox.nix_conf.write_text(template.replace("!include binfmtd.conf\n", ""))
+    assert sandbox.run("sync").returncode == 0
+    assert "extra-extra-platforms" in sandbox.nix_conf.read_text()
