@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -25,7 +24,6 @@ else:  # pragma: no cover
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 PROC_BINFMT = Path("/proc/sys/fs/binfmt_misc")
-TEST_PREFIX = "binfmtd-test-"
 IN_CI = os.environ.get("CI") == "true"
 
 # Debian 12's qemu-user-static line for aarch64, as systemd-binfmt writes it.
@@ -83,48 +81,6 @@ def real_binfmt() -> Iterator[PrivateBinfmt]:
         yield namespace
     finally:
         namespace.stop()
-
-
-@pytest.fixture
-def host_binfmt() -> Iterator[Callable[[str], str]]:
-    """Register lines in the HOST's binfmt_misc; every name is removed again afterwards.
-
-    Only for tiers that must share the host's instance (an installed package whose
-    service reads /proc/sys/fs/binfmt_misc): they use binfmtd-test-* names and read
-    nothing else. Everything that can runs in `real_binfmt` instead.
-    """
-    require(os.geteuid() == 0, "registering binfmt_misc handlers needs root")
-    if not (PROC_BINFMT / "register").exists():
-        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(PROC_BINFMT)],
-                       check=False, capture_output=True)
-    require((PROC_BINFMT / "register").exists(), "binfmt_misc cannot be mounted here")
-    names: list[str] = []
-
-    def register(line: str) -> str:
-        name = line.split(":")[1]
-        assert name.startswith(TEST_PREFIX), name
-        unregister(name)
-        names.append(name)
-        fd = os.open(PROC_BINFMT / "register", os.O_WRONLY)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
-        return name
-
-    try:
-        yield register
-    finally:
-        for name in names:
-            unregister(name)
-
-
-def unregister(name: str) -> None:
-    """Remove a host entry if it is there (opening a missing one fails with EACCES)."""
-    entry = PROC_BINFMT / name
-    if entry.exists():
-        with contextlib.suppress(FileNotFoundError):
-            entry.write_text("-1")
 
 
 @pytest.fixture
