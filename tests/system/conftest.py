@@ -16,6 +16,7 @@ from typing import NoReturn
 
 import pytest
 import rootfs as rootfs_mod
+from hostguard import host_kept
 from machine import TIMINGS, BootFailed, Machine, booted
 
 from tests.conftest import require
@@ -27,6 +28,15 @@ def unavailable(reason: str) -> NoReturn:
     """Skip outside CI; in CI (CI=true) fail with the reason, without a traceback."""
     require(False, f"system test infrastructure unavailable: {reason}")
     raise AssertionError("require() raises")
+
+
+@pytest.fixture(autouse=True)
+def host_binfmt_misc_kept() -> Iterator[None]:
+    """Each test leaves the host's binfmt_misc and /etc/nix as it found them (hostguard)."""
+    if os.geteuid() != 0:
+        unavailable("system tests need root (debootstrap, systemd-nspawn, binfmt_misc)")
+    with host_kept():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,8 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from hostguard import mounted_host_binfmt_misc, unregister_host
+
 BOOT_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 CONTAINER_ENV = (
@@ -231,14 +233,55 @@ def _as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 @contextlib.contextmanager
+def host_registration(tree: Path, line: str) -> Iterator[str]:
+    """Register `line` in the HOST's binfmt_misc and yield its name; the entry is removed
+    again whatever happens. Names start with binfmtd-test-: these tests share the host's
+    instance with the host's own handlers (a booted systemd cannot have its own here) and
+    touch and read nothing else.
+
+    The F flag makes the kernel open the interpreter at registration, resolved from the
+    writer's root: the writer runs chrooted into the Debian tree, which has the emulator.
+    The line goes out in one write(2) to the register file opened on the host.
+    """
+    name = line.split(":")[1]
+    with mounted_host_binfmt_misc() as folder:
+        unregister_host(name)  # left over by an interrupted run
+        try:
+            fd = os.open(folder / "register", os.O_WRONLY)
+            try:
+                write_line = "import os, sys; os.write(1, sys.argv[1].encode())"
+                subprocess.run(
+                    ["chroot", str(tree), "/usr/bin/python3", "-c", write_line, line],
+                    stdout=fd,
+                    check=True,
+                )
+            finally:
+                os.close(fd)
+            assert (folder / name).read_text().startswith("enabled\n")
+            yield name
+        finally:
+            unregister_host(name)
+        assert not (folder / name).exists()
+
+
+@contextlib.contextmanager
 def booted(tree: Path, overlay: bool = True, host_binfmt_misc: bool = False) -> Iterator[Machine]:
     """Boot `tree` with systemd and yield a Machine once systemd has settled.
 
     overlay=False boots the tree itself, writable: only for preparing a tree on purpose.
     host_binfmt_misc=True shows the host's binfmt_misc, read-only, at the container's
-    /proc/sys/fs/binfmt_misc from boot on, as a host's own mount would be.
+    /proc/sys/fs/binfmt_misc from boot on, as a host's own mount would be (mounted on the
+    host first if it was not, and unmounted again after).
     The container is always powered off (or killed) on exit, also when booting failed.
     """
+    with contextlib.ExitStack() as stack:
+        if host_binfmt_misc:
+            stack.enter_context(mounted_host_binfmt_misc())
+        yield stack.enter_context(_boot(tree, overlay, host_binfmt_misc))
+
+
+@contextlib.contextmanager
+def _boot(tree: Path, overlay: bool, host_binfmt_misc: bool) -> Iterator[Machine]:
     name = f"binfmtd-test-{uuid.uuid4().hex[:8]}"
     cmd = [
         "systemd-nspawn",

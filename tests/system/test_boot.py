@@ -7,21 +7,24 @@ INSIDE the container (which is how binfmtd will meet emulators in the real world
 
 from __future__ import annotations
 
-import os
 import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from machine import Machine, install_binfmtd
+from hostguard import unregister_host
+from machine import Machine, host_registration, install_binfmtd
 
-BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
-TEST_ENTRY = "binfmtd-test-aarch64"
+TEST_ENTRY = "binfmtd-test-boot-aarch64"
+# Byte 15 of e_ident (EI_PAD, ignored by qemu's and Linux's ELF loaders) is 0x42 in this
+# test's program and in its magic. Every Debian qemu mask checks that byte and expects 0,
+# so no handler the host may have registered (systemd-binfmt, binfmt-support) runs the
+# program: only this test's entry does, whatever else the host emulates.
+MARK = 0x42
 AARCH64_LINE = (
-    r":binfmtd-test-aarch64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00"
-    r"\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff"
-    r"\xfe\xff\xff\xff:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:OPF"
+    rf":{TEST_ENTRY}:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00"
+    rf"\x{MARK:02x}\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff"
+    r"\xff\xfe\xff\xff\xff:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:OPF"
 )
 HELLO = b"hello from aarch64\n"
 
@@ -49,8 +52,12 @@ def test_restart_nix_daemon_changes_main_pid(machine: Machine) -> None:
 
 
 def test_the_deb_installs_an_enabled_service_in_a_booted_debian(
-    machine: Machine, debian_package: Path
+    binfmt_machine: Machine, debian_package: Path
 ) -> None:
+    """With the host's binfmt_misc read-only inside, as binfmtd.service finds it mounted.
+    (A container that mounts it read-write itself, as the unit's Wants= would, takes every
+    host handler with it at poweroff: systemd's shutdown writes -1 to its status.)"""
+    machine = binfmt_machine
     install_binfmtd(machine, debian_package)
     assert machine.run(["systemctl", "is-enabled", "binfmtd.service"]).stdout.strip() == "enabled"
     found = machine.run(["python3", "-c", "import binfmtd; print(binfmtd.__file__)"])
@@ -65,7 +72,8 @@ def test_the_deb_installs_an_enabled_service_in_a_booted_debian(
 
 
 def aarch64_hello_elf() -> bytes:
-    """A 171-byte static aarch64 ELF that writes HELLO and exits 0 (no download needed).
+    """A 171-byte static aarch64 ELF that writes HELLO and exits 0 (no download needed),
+    with MARK in its last e_ident byte.
 
     Hand-assembled: write(1, msg, len) via svc #0 with x8=64, then exit(0) with x8=93.
     """
@@ -82,7 +90,7 @@ def aarch64_hello_elf() -> bytes:
     ]
     body = struct.pack(f"<{len(code)}I", *code) + HELLO
     size = code_offset + len(body)
-    ident = b"\x7fELF\x02\x01\x01" + bytes(9)  # 64-bit, little endian, System V
+    ident = b"\x7fELF\x02\x01\x01" + bytes(8) + bytes([MARK])  # 64-bit, LE, System V
     header = ident + struct.pack(
         "<HHIQQQIHHHHHH", 2, 0xB7, 1, base + code_offset, 64, 0, 0, 64, 56, 1, 0, 0, 0
     )
@@ -90,65 +98,16 @@ def aarch64_hello_elf() -> bytes:
     return header + program + body
 
 
-def other_aarch64_handlers() -> list[str]:
-    """Enabled host entries besides ours that would also run aarch64 ELF files."""
-    names = []
-    for entry in BINFMT_MISC.iterdir():
-        if entry.name in ("register", "status", TEST_ENTRY):
-            continue
-        lines = entry.read_text().splitlines()
-        magic = next((line.split()[1] for line in lines if line.startswith("magic ")), "")
-        # ELF, 64-bit, little endian (bytes 4-5), e_machine EM_AARCH64 (bytes 18-19)
-        if lines[:1] == ["enabled"] and magic[:12] == "7f454c460201" and magic[36:40] == "b700":
-            names.append(entry.name)
-    return names
-
-
-def unregister_test_entry() -> None:
-    entry = BINFMT_MISC / TEST_ENTRY
-    if entry.exists():
-        entry.write_text("-1")
-
-
 @pytest.fixture
-def host_aarch64_registration(rootfs: Path) -> Iterator[None]:
-    """Register AARCH64_LINE in the host's binfmt_misc; always unregister afterwards.
-
-    With the F flag the kernel opens the interpreter when the line is written, resolving
-    the path from the writer's root. The writer runs chrooted into the cached tree, which
-    has qemu-user-static, so the host needs no emulator package of its own. The register
-    file is opened on the host first and handed over as stdout; python3 writes the line
-    in one write(2), as binfmt_misc requires.
-    """
-    if not (BINFMT_MISC / "register").exists():
-        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_MISC)], check=True)
-    unregister_test_entry()  # a leftover of an interrupted run would make register fail
-    try:
-        fd = os.open(BINFMT_MISC / "register", os.O_WRONLY)
-        try:
-            subprocess.run(
-                [
-                    "chroot",
-                    str(rootfs),
-                    "/usr/bin/python3",
-                    "-c",
-                    "import os, sys; os.write(1, sys.argv[1].encode())",
-                    AARCH64_LINE,
-                ],
-                stdout=fd,
-                check=True,
-            )
-        finally:
-            os.close(fd)
-        assert (BINFMT_MISC / TEST_ENTRY).read_text().startswith("enabled\n")
-        yield
-    finally:
-        unregister_test_entry()
-    assert not (BINFMT_MISC / TEST_ENTRY).exists()
+def host_aarch64_registration(rootfs: Path) -> Iterator[str]:
+    """AARCH64_LINE registered in the host's binfmt_misc (F flag, written from the tree,
+    which has qemu-user-static: the host needs no emulator package of its own)."""
+    with host_registration(rootfs, AARCH64_LINE) as name:
+        yield name
 
 
 def test_host_binfmt_registration_takes_effect_inside(
-    machine: Machine, host_aarch64_registration: None, tmp_path: Path
+    machine: Machine, host_aarch64_registration: str, tmp_path: Path
 ) -> None:
     machine.run(["/usr/bin/qemu-aarch64-static", "--version"])
     hello = tmp_path / "hello-aarch64"
@@ -157,12 +116,9 @@ def test_host_binfmt_registration_takes_effect_inside(
     machine.copy_in(hello, "/usr/local/bin/hello-aarch64")
     assert machine.run(["/usr/local/bin/hello-aarch64"]).stdout == HELLO.decode()
 
-    # And it is the host's entry that does it: without the entry the kernel refuses.
-    unregister_test_entry()
-    others = other_aarch64_handlers()
-    if others:
-        print(f"host has other aarch64 handlers {others}: not checking the refusal")
-        return
+    # And it is this test's entry that does it: without it the kernel refuses, also on a
+    # host that emulates aarch64 itself (no Debian mask lets MARK through).
+    unregister_host(host_aarch64_registration)
     # execv directly: env and shells fall back to running the file as a shell script.
     exec_directly = "import os, sys; os.execv(sys.argv[1], sys.argv[1:])"
     refused = machine.run(

@@ -18,9 +18,11 @@ under nspawn's seccomp filter, which leave Nix its user, mount, PID, network, IP
 namespaces. Each run proves it with one build that reports what it sees (hostname, uid,
 root folder, network links).
 
-Other suites register binfmtd-test-riscv64 on this host, maybe meanwhile: if riscv64 is
-already declared the flips would change nothing, so ppc64le (used by no other test) flips.
-Every registration is named binfmtd-test-load-* and removed at teardown, also on failure.
+The handler that comes and goes has no F flag and a copy of qemu-riscv64 that only this
+test makes as its interpreter, so every flip adds or removes that path in the block's
+sandbox paths: a change of the test's own, also on a host whose systemd-binfmt has declared
+riscv64-linux (and every other platform) already. Every registration is named
+binfmtd-test-load-* and removed at teardown, also on failure.
 """
 
 from __future__ import annotations
@@ -36,27 +38,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from machine import Machine, install_binfmtd
-from test_service import host_registration, journal, managed_platforms, wait_for
+from machine import Machine, host_registration, install_binfmtd
+from test_service import (
+    journal,
+    managed_platforms,
+    own_interpreter,
+    sandbox_paths,
+    wait_for,
+)
 
 from tests.conftest import require
 from tests.e2e.builders import FetchError, static_busybox
 
-# Debian's qemu-user-static lines with flag F only: the kernel keeps the emulator it
-# opened at registration, so the sandbox needs no path for it.
+# Debian's qemu-user-static line for aarch64 with flag F only: the kernel keeps the emulator
+# it opened at registration, so the sandbox needs no path for it.
 ELF64_LE = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00"
 MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
-PPC64LE_MASK = (r"\xff\xff\xff\xff\xff\xff\xff\xfc\xff\xff\xff\xff\xff\xff\xff\xff"
-                r"\xfe\xff\xff\x00")
 QEMU = "/usr/libexec/qemu-binfmt"
 AARCH64 = ("binfmtd-test-load-aarch64", rf"{ELF64_LE}\xb7\x00:{MASK}:{QEMU}/aarch64-binfmt-P")
-# (platform, entry, rest of the line): the platform whose handler comes and goes.
-FLIPPED = (
-    ("riscv64-linux", "binfmtd-test-load-riscv64",
-     rf"{ELF64_LE}\xf3\x00:{MASK}:{QEMU}/riscv64-binfmt-P"),
-    ("powerpc64le-linux", "binfmtd-test-load-ppc64le",
-     rf"{ELF64_LE}\x15\x00:{PPC64LE_MASK}:{QEMU}/ppc64le-binfmt-P"),
-)
+# The handler that comes and goes, without F: its interpreter is the test's own path.
+FLIPPED_ENTRY = "binfmtd-test-load-riscv64"
+FLIPPED_PATH = f"/opt/{FLIPPED_ENTRY}/qemu-riscv64"
+FLIPPED = rf":{FLIPPED_ENTRY}:M::{ELF64_LE}\xf3\x00:{MASK}:{FLIPPED_PATH}:OP"
 
 RESTARTS = 50
 # Four client loops at once, so that each restart meets clients in every phase: connecting,
@@ -122,6 +125,7 @@ CAUSES = (
 
 @dataclass
 class Build:
+    loop: int  # which client loop ran it
     start: float  # time.monotonic(): the container's CLOCK_MONOTONIC too
     end: float
     error: str | None  # None: built, and the output says aarch64
@@ -138,6 +142,7 @@ def classify(error: str) -> str:
 
 
 def line(entry: str, rest: str) -> str:
+    """A line with flag F only (AARCH64's): the sandbox needs no path for its emulator."""
     return f":{entry}:M::{rest}:F"
 
 
@@ -146,7 +151,7 @@ def build(machine: Machine, *args: str) -> subprocess.CompletedProcess[str]:
                        timeout=BUILD_TIMEOUT)
 
 
-def build_loop(machine: Machine, stop: threading.Event, builds: list[Build]) -> None:
+def build_loop(machine: Machine, loop: int, stop: threading.Event, builds: list[Build]) -> None:
     """One client after another, each a new derivation, until `stop` is set."""
     while not stop.is_set():
         start = time.monotonic()
@@ -156,7 +161,7 @@ def build_loop(machine: Machine, stop: threading.Event, builds: list[Build]) -> 
                 f"exit {result.returncode}, stdout {result.stdout!r}, stderr:\n{result.stderr}")
         except subprocess.TimeoutExpired:
             error = f"no result within {BUILD_TIMEOUT:.0f} s"
-        builds.append(Build(start, time.monotonic(), error))
+        builds.append(Build(loop, start, time.monotonic(), error))
 
 
 def nix_daemon(machine: Machine) -> dict[str, str]:
@@ -165,32 +170,38 @@ def nix_daemon(machine: Machine) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
 
 
-def restarted(machine: Machine, invocation: str, platform: str, declared: bool) -> dict[str, str]:
-    """Wait until nix-daemon runs under a new invocation and the block (not) declares
-    `platform`; return the new daemon's properties."""
+def restarted(machine: Machine, invocation: str, declared: bool) -> dict[str, str]:
+    """Wait until nix-daemon runs under a new invocation and the block (no longer) declares
+    FLIPPED_PATH; return the new daemon's properties."""
     deadline = time.monotonic() + RESTART_TIMEOUT
     while True:
         state = nix_daemon(machine)
         if (state["InvocationID"] != invocation and state["MainPID"] != "0"
-                and (platform in managed_platforms(machine)) == declared):
+                and (FLIPPED_PATH in sandbox_paths(machine)) == declared):
             return state
         if time.monotonic() > deadline:
-            pytest.fail(f"no nix-daemon restart with {platform} "
+            pytest.fail(f"no nix-daemon restart with {FLIPPED_PATH} "
                         f"{'declared' if declared else 'gone'} within {RESTART_TIMEOUT:.0f} s: "
-                        f"{state}, block: {managed_platforms(machine)}")
+                        f"{state}, sandbox paths: {sandbox_paths(machine)}")
         time.sleep(0.02)
 
 
-def flip(machine: Machine, rootfs: Path, flipped: tuple[str, str, str]) -> list[Restart]:
+def flip(machine: Machine, rootfs: Path) -> list[Restart]:
     """Register the flipped handler, wait for the restart; remove it, wait again."""
-    platform, entry, rest = flipped
     invocation, changed = nix_daemon(machine)["InvocationID"], time.monotonic()
-    with host_registration(rootfs, line(entry, rest), entry):
-        state = restarted(machine, invocation, platform, declared=True)
+    with host_registration(rootfs, FLIPPED):
+        state = restarted(machine, invocation, declared=True)
         first = Restart(changed, int(state["ExecMainStartTimestampMonotonic"]) / 1e6)
         invocation, changed = state["InvocationID"], time.monotonic()
-    state = restarted(machine, invocation, platform, declared=False)
+    state = restarted(machine, invocation, declared=False)
     return [first, Restart(changed, int(state["ExecMainStartTimestampMonotonic"]) / 1e6)]
+
+
+def in_flight_done(builds: list[Build], since: float) -> bool | None:
+    """True once every loop has finished a build that it began after `since`: the build
+    each loop had in flight at that moment has ended too."""
+    begun_after = {b.loop for b in list(builds) if b.start > since}
+    return True if begun_after == set(range(LOOPS)) else None
 
 
 def restart_events(machine: Machine) -> Counter[str]:
@@ -222,6 +233,7 @@ def prepare(machine: Machine, deb: Path, start_limit: bool) -> None:
     machine.run(["mkdir", "-p", f"{WORK}/client"], quiet=True)
     machine.run(["touch", f"{WORK}/client/nix.conf"], quiet=True)
     machine.copy_in(busybox, f"{WORK}/dir/busybox")
+    own_interpreter(machine, FLIPPED_PATH, "qemu-riscv64-static")
     machine.run(["sh", "-c", f"cat > {WORK}/default.nix"], input=DERIVATION, quiet=True)
     install_binfmtd(machine, deb)  # before config.toml: the .deb ships it as a conffile
     machine.run(["sh", "-c", "cat > /etc/binfmtd/config.toml"], input=CONFIG, quiet=True)
@@ -231,16 +243,6 @@ def prepare(machine: Machine, deb: Path, start_limit: bool) -> None:
              lambda: "aarch64-linux" in managed_platforms(machine) or None, timeout=10)
     wait_for("binfmtd restarted nix-daemon",
              lambda: restart_events(machine)["nixdaemon.restarted"] or None, timeout=10)
-
-
-def free_platform(machine: Machine) -> tuple[str, str, str]:
-    """The first of FLIPPED that no other handler on the host emulates already."""
-    declared = managed_platforms(machine)
-    flipped = next((f for f in FLIPPED if f[0] not in declared), None)
-    require(flipped is not None,
-            f"the host already emulates every platform the test can flip: {declared}")
-    assert flipped is not None
-    return flipped
 
 
 def check_sandbox(machine: Machine) -> None:
@@ -254,19 +256,22 @@ def check_sandbox(machine: Machine) -> None:
     print(f"sandbox probe: {' '.join(result.stdout.split())}")
     # Nix's sandbox: hostname localhost, the build user is 1000 in a user namespace of its
     # own, a root of its own (no /root, /usr, /run), a network namespace with only lo.
-    assert result.stdout.split() == [
-        "aarch64", "localhost", "1000", "build", "dev", "etc", "nix", "proc", "tmp", "lo:"
-    ], result.stdout
+    # Its root also holds the top folder of each sandbox path the block declares (none
+    # for handlers with F, such as Debian's; a host's handler without F adds one).
+    words = result.stdout.split()
+    assert words[:3] + words[-1:] == ["aarch64", "localhost", "1000", "lo:"], result.stdout
+    top = {path.split("/")[1] for path in sandbox_paths(machine)}
+    assert set(words[3:-1]) - top == {"build", "dev", "etc", "nix", "proc", "tmp"}, words
 
 
-def report(machine: Machine, platform: str, builds: list[Build], restarts: list[Restart],
+def report(machine: Machine, builds: list[Build], restarts: list[Restart],
            events: Counter[str], start: float) -> None:
     """Print the figures: restarts, builds, failures by cause, timings."""
     seconds = time.monotonic() - start
     failed = [b for b in builds if b.error is not None]
     across = [b for b in builds if any(b.start < r.started < b.end for r in restarts)]
     latencies = spread([r.started - r.changed for r in restarts])
-    print(f"\nrestarts: {len(restarts)} ({platform} registered/removed; binfmtd's journal: "
+    print(f"\nrestarts: {len(restarts)} ({FLIPPED_ENTRY} registered/removed; binfmtd's journal: "
           f"{dict(events)}) in {seconds:.1f} s; change on the host -> new nix-daemon: "
           f"{latencies}")
     print(f"builds: {len(builds)} run, {len(builds) - len(failed)} succeeded, "
@@ -295,30 +300,32 @@ def test_builds_survive_50_nix_daemon_restarts(
     binfmt_machine: Machine, debian_package: Path, rootfs: Path
 ) -> None:
     machine = binfmt_machine
-    with host_registration(rootfs, line(*AARCH64), AARCH64[0]):
+    with host_registration(rootfs, line(*AARCH64)):
         prepare(machine, debian_package, start_limit=False)
-        flipped = free_platform(machine)
         check_sandbox(machine)
         events_before = restart_events(machine)
 
         builds: list[Build] = []
         restarts: list[Restart] = []
         stop = threading.Event()
-        loops = [threading.Thread(target=build_loop, args=(machine, stop, builds), daemon=True)
-                 for _ in range(LOOPS)]
+        loops = [threading.Thread(target=build_loop, args=(machine, i, stop, builds),
+                                  daemon=True) for i in range(LOOPS)]
         start = time.monotonic()
         for loop in loops:
             loop.start()
         try:
             for _ in range(RESTARTS // 2):
-                restarts += flip(machine, rootfs, flipped)
-            time.sleep(1.0)  # the builds in flight at the last restart finish too
+                restarts += flip(machine, rootfs)
+            # The builds in flight at the last restart count too: wait until they ended.
+            wait_for("the builds in flight at the last restart ended",
+                     lambda: in_flight_done(builds, restarts[-1].started),
+                     timeout=BUILD_TIMEOUT + 5)
         finally:
             stop.set()
             for loop in loops:
                 loop.join(BUILD_TIMEOUT + 5)
             events = restart_events(machine) - events_before
-            report(machine, flipped[0], builds, restarts, events, start)
+            report(machine, builds, restarts, events, start)
 
     assert len(restarts) == RESTARTS
     # Exactly RESTARTS unless another suite changed the host's binfmt_misc meanwhile.
@@ -338,12 +345,11 @@ def test_quick_restarts_keep_the_nix_daemon_as_shipped_serving(
     and every client got "Connection refused"; binfmtd now reads the limit and spaces its
     restarts to stay under it."""
     machine = binfmt_machine
-    with host_registration(rootfs, line(*AARCH64), AARCH64[0]):
+    with host_registration(rootfs, line(*AARCH64)):
         prepare(machine, debian_package, start_limit=True)
-        _, entry, rest = free_platform(machine)
         seen = sum(restart_events(machine).values())
         for _ in range(3):
-            with host_registration(rootfs, line(entry, rest), entry):
+            with host_registration(rootfs, FLIPPED):
                 seen = next_restart_event(machine, seen)
             seen = next_restart_event(machine, seen)
         result = build(machine, "--argstr", "nonce", uuid.uuid4().hex)

@@ -7,31 +7,31 @@ installed. Every registration made here is named binfmtd-test-* and removed agai
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 import pytest
-from machine import TIMINGS, Machine, install_binfmtd
+from machine import TIMINGS, Machine, host_registration, install_binfmtd
 
 BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
 NIX_CONF = "/etc/nix/nix.conf"
 EXPOSURE_LIMIT = 2.5
-# Debian's qemu-user-static line for loongarch64, under a name only this file uses: other
-# suites register binfmtd-test-aarch64/-riscv64/-s390x on the same host, maybe meanwhile.
+# Debian's qemu-user-static line for loongarch64, under a name only this file uses, and
+# WITHOUT the F flag, its interpreter a copy of qemu that only this test makes, in the
+# container: binfmtd must then declare that very path as a sandbox path. The path is the
+# test's own observable: on a host where systemd-binfmt registered every Debian qemu line,
+# loongarch64-linux is declared before the test begins, and stays declared after it.
 TEST_ENTRY = "binfmtd-test-service-loongarch64"
 PLATFORM = "loongarch64-linux"
-LOONGARCH64_LINE = (
-    rf":{TEST_ENTRY}:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
-    r"\x02\x00\x02\x01:\xff\xff\xff\xff\xff\xff\xff\xfc\x00\xff\xff\xff\xff\xff\xff\xff"
-    r"\xfe\xff\xff\xff:/usr/libexec/qemu-binfmt/loongarch64-binfmt-P:OPF"
+INTERPRETER = f"/opt/{TEST_ENTRY}/qemu-loongarch64"
+LOONGARCH64_MAGIC_MASK = (
+    r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x02\x01:"
+    r"\xff\xff\xff\xff\xff\xff\xff\xfc\x00\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
 )
+LOONGARCH64_LINE = f":{TEST_ENTRY}:M::{LOONGARCH64_MAGIC_MASK}:{INTERPRETER}:OP"
 # The default allows one nix-daemon restart per 10 s; the test's second change follows
 # its first within a second, and waiting 10 s would prove nothing more. (binfmtd still
 # keeps 3.3 s between restarts: systemd's start limit for nix-daemon.service.)
@@ -62,12 +62,38 @@ def show(machine: Machine, unit: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def managed_platforms(machine: Machine) -> list[str]:
-    """The platforms the managed block in the container's nix.conf declares."""
+def managed(machine: Machine, key: str) -> list[str]:
+    """The words of `key`'s line in the managed block of the container's nix.conf."""
     text = machine.run(["cat", NIX_CONF], quiet=True).stdout
     block = re.search(r"# BEGIN binfmtd managed block.*?# END binfmtd managed block", text, re.S)
-    line = re.search(r"^extra-extra-platforms = (.*)$", block.group(0), re.M) if block else None
+    line = re.search(rf"^{re.escape(key)} = (.*)$", block.group(0), re.M) if block else None
     return line.group(1).split() if line else []
+
+
+def managed_platforms(machine: Machine) -> list[str]:
+    """The platforms the managed block in the container's nix.conf declares."""
+    return managed(machine, "extra-extra-platforms")
+
+
+def sandbox_paths(machine: Machine) -> list[str]:
+    """The sandbox paths the managed block declares, without their trailing `?`."""
+    return [path.rstrip("?") for path in managed(machine, "extra-sandbox-paths")]
+
+
+def own_interpreter(machine: Machine, path: str, emulator: str) -> str:
+    """Copy the tree's static `emulator` to `path` in the container, a file that no
+    handler but the test's own can name; return `path`."""
+    machine.run(["mkdir", "-p", str(Path(path).parent)], quiet=True)
+    machine.run(["cp", f"/usr/bin/{emulator}", path], quiet=True)
+    return path
+
+
+def handler(machine: Machine, name: str) -> Optional[dict[str, object]]:
+    """The handler `name` as `binfmtd status --json` in the container reports it."""
+    shown = machine.run(["binfmtd", "status", "--json"], check=False, quiet=True)
+    assert shown.returncode in (0, 1), shown.stderr
+    found = [h for h in json.loads(shown.stdout)["handlers"] if h["name"] == name]
+    return found[0] if found else None
 
 
 def journal(machine: Machine) -> list[dict[str, object]]:
@@ -108,41 +134,6 @@ def new_nix_daemon(machine: Machine, old_pid: int) -> Optional[int]:
     """nix-daemon's MainPID once it is running under another PID than `old_pid`."""
     pid = main_pid(machine, "nix-daemon.service")
     return pid if pid not in (0, old_pid) else None
-
-
-def unregister(name: str) -> None:
-    entry = BINFMT_MISC / name
-    if entry.exists():
-        entry.write_text("-1")
-
-
-@contextlib.contextmanager
-def host_registration(tree: Path, line: str, name: str) -> Iterator[None]:
-    """Register `line` in the HOST's binfmt_misc; it is removed again whatever happens.
-
-    The F flag makes the kernel open the interpreter at registration, resolved from the
-    writer's root: the writer runs chrooted into the Debian tree, which has the emulator.
-    The line goes out in one write(2) to the register file opened on the host.
-    """
-    assert name.startswith("binfmtd-test-"), name
-    if not (BINFMT_MISC / "register").exists():
-        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_MISC)], check=True)
-    unregister(name)  # left over by an interrupted run
-    try:
-        fd = os.open(BINFMT_MISC / "register", os.O_WRONLY)
-        try:
-            write_line = "import os, sys; os.write(1, sys.argv[1].encode())"
-            subprocess.run(
-                ["chroot", str(tree), "/usr/bin/python3", "-c", write_line, line],
-                stdout=fd,
-                check=True,
-            )
-        finally:
-            os.close(fd)
-        yield
-    finally:
-        unregister(name)
-    assert not (BINFMT_MISC / name).exists()
 
 
 @pytest.fixture
@@ -217,38 +208,43 @@ def test_binfmt_misc_mounted_after_start_is_seen(machine: Machine,
 def test_registration_updates_nix_conf_and_restarts_nix_daemon(
     service: Machine, rootfs: Path
 ) -> None:
-    if PLATFORM in show(service, "binfmtd.service")["StatusText"]:
-        pytest.skip(f"the host already emulates {PLATFORM}: registering it proves nothing")
+    """A registration on the host reaches nix.conf, nix-daemon and the status; its removal
+    takes it out again. Asserted on the test's own handler and sandbox path only."""
+    own_interpreter(service, INTERPRETER, "qemu-loongarch64-static")
+    assert INTERPRETER not in sandbox_paths(service)  # the positive control is below
+    assert handler(service, TEST_ENTRY) is None
     first_pid = main_pid(service, "nix-daemon.service")
     assert first_pid != 0
 
-    with host_registration(rootfs, LOONGARCH64_LINE, TEST_ENTRY):
-        wait_for(
-            f"{PLATFORM} in nix.conf after registration",
-            lambda: PLATFORM in managed_platforms(service) or None,
-        )
+    with host_registration(rootfs, LOONGARCH64_LINE):
+        wait_for(f"{INTERPRETER} in nix.conf after registration",
+                 lambda: INTERPRETER in sandbox_paths(service) or None)
+        assert PLATFORM in managed_platforms(service)
         second_pid = wait_for(
             "nix-daemon restarted after registration", lambda: new_nix_daemon(service, first_pid)
         )
+        shown = handler(service, TEST_ENTRY)
+        assert shown is not None
+        assert (shown["platform"], shown["interpreter"], shown["problems"]) == (
+            PLATFORM, INTERPRETER, []), shown
         status = show(service, "binfmtd.service")["StatusText"]
         assert PLATFORM in (emulated(status) or []), status
         written = wait_for(
-            f"journal entry nixconf.written with {PLATFORM}",
-            lambda: journal_event(service, "nixconf.written", PLATFORMS=PLATFORM),
+            f"journal entry nixconf.written with {INTERPRETER}",
+            lambda: journal_event(service, "nixconf.written", SANDBOX_PATHS=INTERPRETER),
         )
+        assert PLATFORM in str(written["PLATFORMS"]), written
         assert written["PATH"] == NIX_CONF and written["SYSLOG_IDENTIFIER"] == "binfmtd"
         assert written["_SYSTEMD_UNIT"] == "binfmtd.service", written
 
-    wait_for(
-        f"{PLATFORM} out of nix.conf after removal",
-        lambda: PLATFORM not in managed_platforms(service) or None,
-    )
+    wait_for(f"{INTERPRETER} out of nix.conf after removal",
+             lambda: INTERPRETER not in sandbox_paths(service) or None)
     # binfmtd spaces restarts to stay under systemd's start limit (3.3 s with the defaults)
     wait_for("nix-daemon restarted after removal", lambda: new_nix_daemon(service, second_pid),
              timeout=6)
+    assert handler(service, TEST_ENTRY) is None
     props = show(service, "binfmtd.service")
-    platforms = emulated(props["StatusText"])
-    assert platforms is not None and PLATFORM not in platforms, props
+    assert emulated(props["StatusText"]) is not None, props
     assert (props["ActiveState"], props["NRestarts"]) == ("active", "0"), props
 
 

@@ -1,0 +1,101 @@
+"""What the system and packaging tiers must leave on the host as they found it.
+
+The booted containers share the host's binfmt_misc (a booted systemd cannot have one of its
+own here), so a container can change the host's handlers: systemd's shutdown writes -1 to
+/proc/sys/fs/binfmt_misc/status when binfmt_misc is mounted read-write in the container,
+which removes every handler of the host (measured: a container whose binfmtd.service had
+pulled in proc-sys-fs-binfmt_misc.mount took all 29 of Debian's qemu handlers with it at
+poweroff). A host with no handlers would never show that, so the check registers a handler
+of its own first, the sentinel, and fails when it is gone: a positive control for "the
+host's binfmt_misc is as it was".
+
+The sentinel matches files named *.binfmtd-sentinel only and has no F flag, so its
+interpreter (which does not exist) is never opened, and binfmtd sees no ELF machine in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
+HOST_NIX = Path("/etc/nix")
+SENTINEL = "binfmtd-test-sentinel"
+SENTINEL_LINE = f":{SENTINEL}:E::binfmtd-sentinel::/nonexistent/binfmtd-sentinel:"
+
+
+@contextlib.contextmanager
+def mounted_host_binfmt_misc() -> Iterator[Path]:
+    """The host's binfmt_misc, mounted for as long as this lasts if it was not mounted."""
+    mounted_here = not (BINFMT_MISC / "register").exists()
+    if mounted_here:
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_MISC)],
+                       check=True)
+    try:
+        yield BINFMT_MISC
+    finally:
+        if mounted_here:
+            subprocess.run(["umount", str(BINFMT_MISC)], check=False)
+
+
+def unregister_host(name: str) -> None:
+    """Remove the host's entry `name` if it is there; only ever one of the tests' own."""
+    assert name.startswith("binfmtd-test-"), name
+    entry = BINFMT_MISC / name
+    if entry.exists():
+        entry.write_text("-1")
+
+
+def register_host(line: str) -> str:
+    """Write one line to the host's register file in one write(2); return the name."""
+    name = line.split(":")[1]
+    unregister_host(name)  # left over by an interrupted run
+    fd = os.open(BINFMT_MISC / "register", os.O_WRONLY)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    return name
+
+
+def nix_files() -> dict[str, str] | None:
+    """Every path under /etc/nix with the sha256 of its bytes (None: no /etc/nix)."""
+    if not HOST_NIX.is_dir():
+        return None
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in sorted(HOST_NIX.rglob("*"))}
+
+
+def binfmt_entries() -> dict[str, str]:
+    """Every entry of the host's binfmt_misc, and `status`, with its text."""
+    return {p.name: p.read_text() for p in sorted(BINFMT_MISC.iterdir()) if p.name != "register"}
+
+
+@contextlib.contextmanager
+def host_kept() -> Iterator[None]:
+    """Fail when the host's /etc/nix or binfmt_misc differ afterwards, or when the sentinel
+    registered before is gone."""
+    with mounted_host_binfmt_misc():
+        register_host(SENTINEL_LINE)
+        try:
+            nix, entries = nix_files(), binfmt_entries()
+            yield
+            nix_after, entries_after = nix_files(), binfmt_entries()
+        finally:
+            unregister_host(SENTINEL)
+        assert SENTINEL in entries_after, "the host's binfmt_misc was flushed: all handlers gone"
+        assert entries_after == entries, (
+            f"the host's binfmt_misc changed: {diff(entries, entries_after)}")
+        assert nix_after == nix, f"the host's /etc/nix changed: {diff(nix or {}, nix_after or {})}"
+
+
+def diff(before: dict[str, str], after: dict[str, str]) -> str:
+    """Which names went, came or changed."""
+    gone = sorted(set(before) - set(after))
+    came = sorted(set(after) - set(before))
+    changed = sorted(n for n in set(before) & set(after) if before[n] != after[n])
+    return f"gone {gone}, new {came}, changed {changed}"
