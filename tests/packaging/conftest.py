@@ -1,5 +1,129 @@
-"""Packaging tests install binfmtd on this host: its service reads the host's binfmt_misc."""
+"""The packaging tier leaves this host as it found it, by construction and by check.
 
-from tests.conftest import host_binfmt as real_binfmt
+The .deb is installed into the cached Debian 12 tree of tests/system, through an overlay
+that exists only in the test's private namespace (tests/private_binfmt.py): its writes go
+to a tmpfs, its binfmt_misc is the namespace's own, and all of it ends with the namespace.
+Nothing is installed on the host, so no policy-rc.d is needed here and no binfmtd.service
+can start on it. The Ansible role runs in such a namespace too. After every test of the
+tier the host's /etc/nix, its binfmt_misc (with a sentinel handler as the positive
+control, tests/system/hostguard.py) and dpkg's record of binfmtd are as they were.
+"""
 
-__all__ = ["real_binfmt"]
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from tests.conftest import require
+from tests.private_binfmt import PrivateBinfmt
+from tests.system import rootfs
+from tests.system.hostguard import host_kept
+
+TREE_ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=/root")
+
+
+def dpkg_status(package: str) -> Optional[str]:
+    """What the host's dpkg database says about `package` (None: no dpkg here)."""
+    if shutil.which("dpkg-query") is None:
+        return None
+    return subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Status}", package],
+                          capture_output=True, text=True, check=False).stdout
+
+
+@pytest.fixture(autouse=True)
+def host_untouched() -> Iterator[None]:
+    """Fail a test after which the host's /etc/nix, binfmt_misc or dpkg record differ."""
+    require(Path("/proc/sys/fs/binfmt_misc").is_dir(), "this kernel has no binfmt_misc")
+    before = dpkg_status("binfmtd")
+    with host_kept():
+        yield
+    assert dpkg_status("binfmtd") == before, "the packaging tier changed the host's dpkg"
+
+
+class DebianTree:
+    """The cached Debian tree, writable through an overlay that only `namespace` sees.
+
+    `run` runs a command chrooted into it, as root, with the namespace's /proc (and so its
+    private binfmt_misc) and the host's /dev. Paths are the tree's own.
+    """
+
+    def __init__(self, namespace: PrivateBinfmt, root: Path) -> None:
+        self.namespace = namespace
+        self.root = root  # where the overlay is mounted, inside the namespace
+
+    def run(self, *argv: str, input: Optional[bytes] = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            self.namespace.argv(["chroot", str(self.root), "/usr/bin/env", "-i", *TREE_ENV,
+                                 *argv]),
+            input=input, capture_output=True, timeout=timeout, check=False)
+        return subprocess.CompletedProcess(done.args, done.returncode,
+                                           done.stdout.decode(errors="replace"),
+                                           done.stderr.decode(errors="replace"))
+
+    def read_bytes(self, path: str) -> bytes:
+        done = subprocess.run(self.namespace.argv(["chroot", str(self.root), "cat", path]),
+                              capture_output=True, timeout=60, check=True)
+        return done.stdout
+
+    def read_text(self, path: str) -> str:
+        return self.read_bytes(path).decode()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        done = self.run("sh", "-c", 'cat > "$1"', "sh", path, input=data)
+        assert done.returncode == 0, done.stderr
+
+    def exists(self, path: str) -> bool:
+        return self.run("test", "-e", path).returncode == 0
+
+    def copy_in(self, source: Path, dest: str) -> None:
+        """Copy a host file or folder to `dest` in the tree."""
+        done = self.namespace.run(["cp", "-r", str(source), f"{self.root}{dest}"])
+        assert done.returncode == 0, done.stderr
+
+
+def _mount(namespace: PrivateBinfmt, tree: Path, scratch: Path) -> None:
+    """Mount, in the namespace's mount namespace only: a tmpfs on `scratch`, the overlay on
+    scratch/root (tree below, the tmpfs above), the namespace's /proc and the host's /dev.
+
+    As the host's root, entering only the mount namespace: an overlay mounted from inside
+    the user namespace keeps its bookkeeping in user.* attributes and refuses to rename a
+    new folder of mode 000 (EXDEV), which dpkg does for every folder it unpacks.
+    """
+    root = scratch / "root"
+    script = f"""
+        mount -t tmpfs -o mode=0755 binfmtd-tests {scratch}
+        mkdir {scratch}/upper {scratch}/work {root}
+        mount -t overlay -o lowerdir={tree},upperdir={scratch}/upper,workdir={scratch}/work \\
+            binfmtd-tests {root}
+        mount --rbind /proc {root}/proc
+        mount --rbind /dev {root}/dev
+    """
+    mounted = subprocess.run(["nsenter", "-t", str(namespace.pid), "--mount", "--",
+                              "sh", "-ec", script], capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert mounted.returncode == 0, mounted.stderr
+
+
+@pytest.fixture
+def debian_tree(real_binfmt: PrivateBinfmt, tmp_path: Path) -> DebianTree:
+    """A throwaway, writable Debian 12 tree with the test's own binfmt_misc.
+
+    The cache stays clean (it is the overlay's lower layer) and the host sees no mount:
+    when the namespace ends, its mounts and the tmpfs with every write go with it.
+    """
+    require(Path("/etc/debian_version").exists(), "the Debian tree is built on Debian only")
+    try:
+        rootfs.ensure_host_tools()
+        rootfs.build()
+    except (rootfs.Unavailable, OSError) as err:
+        require(False, f"cannot build the Debian tree: {err}")
+    scratch = tmp_path / "debian-tree"
+    scratch.mkdir()
+    _mount(real_binfmt, rootfs.TREE, scratch)
+    return DebianTree(real_binfmt, scratch / "root")

@@ -1,7 +1,9 @@
 """packaging/ansible: the binfmtd role, run by real ansible-core (from PyPI) on localhost.
 
-The role runs against this machine's real binfmt_misc with handlers the test registers
-(sparc64 and m68k), and a config.toml and nix.conf in a temporary folder. It proves the
+ansible-playbook runs in a private namespace (tests/private_binfmt.py) whose binfmt_misc
+is a real kernel instance of its own, holding only the handlers the test registers (sparc64
+and m68k); config.toml and nix.conf are in a temporary folder. The host's binfmt_misc and
+/etc/nix are neither read nor changed (tests/packaging/conftest.py checks). It proves the
 configuration management contract: the first run reports a change, the second none, and
 `--check` reports what would change while writing nothing.
 """
@@ -17,14 +19,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from binfmtd.platforms import NIX_SYSTEMS
 from tests.conftest import PROC_BINFMT, binfmt_line, require
+from tests.private_binfmt import PrivateBinfmt
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "packaging" / "ansible"
@@ -38,10 +39,7 @@ def _hex(text: str) -> str:
     return "".join(f"\\x{text[i:i + 2]}" for i in range(0, len(text), 2))
 
 
-# Debian 12's qemu-user-static lines for sparc64 and m68k (tests/data/binfmt_misc/debian):
-# platforms no other test registers. The test runs on a machine whose binfmt_misc other
-# tests share, so it has binfmtd ignore every other platform (OTHERS): registrations they
-# make meanwhile cannot change what the role sees.
+# Debian 12's qemu-user-static lines for sparc64 and m68k (tests/data/binfmt_misc/debian).
 SPARC64 = binfmt_line(
     "binfmtd-test-ansible-sparc64", "/usr/libexec/qemu-binfmt/sparc64-binfmt-P",
     magic=_hex("7f454c460202010000000000000000000002002b"),
@@ -50,8 +48,6 @@ M68K = binfmt_line(
     "binfmtd-test-ansible-m68k", "/usr/libexec/qemu-binfmt/m68k-binfmt-P",
     magic=_hex("7f454c4601020100000000000000000000020004"),
     mask=_hex("ffffffffffffff00fffffffffffffffffffeffff"))
-OTHERS = sorted((set(NIX_SYSTEMS.values()) | {"armv6l-linux"})
-                - {"sparc64-linux", "m68k-linux"})
 
 TEST_PLAY = """\
 - name: binfmtd role under test
@@ -132,11 +128,14 @@ class Run:
 
 
 class Ansible:
-    """ansible-playbook on localhost (connection local), with nothing from ~ or /etc."""
+    """ansible-playbook on localhost (connection local) inside `namespace`, with nothing
+    from ~ or /etc."""
 
-    def __init__(self, venv: Path, tmp: Path, extra_vars: dict[str, object]) -> None:
+    def __init__(self, venv: Path, tmp: Path, extra_vars: dict[str, object],
+                 namespace: PrivateBinfmt) -> None:
         self.venv = venv
         self.tmp = tmp
+        self.namespace = namespace
         python = venv / "bin" / "python"
         self.inventory = tmp / "inventory"
         self.inventory.write_text(
@@ -161,8 +160,8 @@ class Ansible:
         )
 
     def command(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.venv / "bin" / program), *args], env=self.env,
-                              cwd=self.tmp, capture_output=True, text=True, timeout=600,
+        argv = self.namespace.argv([str(self.venv / "bin" / program), *args], cwd=str(self.tmp))
+        return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=600,
                               check=False)
 
     def playbook(self, *args: str) -> Run:
@@ -183,7 +182,9 @@ class Ansible:
 
 
 @pytest.fixture
-def ansible(ansible_venv: Path, tmp_path: Path) -> Ansible:
+def ansible(ansible_venv: Path, tmp_path: Path, real_binfmt: PrivateBinfmt) -> Ansible:
+    """The role's variables: the venv's binfmtd, paths in tmp_path, binfmt_misc as seen
+    inside the namespace (its own instance)."""
     return Ansible(ansible_venv, tmp_path, {
         "binfmtd_install_package": False,
         "binfmtd_command": str(binfmtd_command()),
@@ -192,17 +193,14 @@ def ansible(ansible_venv: Path, tmp_path: Path) -> Ansible:
         "binfmtd_nix_conf": str(tmp_path / "nix" / "nix.conf"),
         "binfmtd_binfmt_misc": str(PROC_BINFMT),
         "binfmtd_restart": False,
-        "binfmtd_ignore_platforms": OTHERS,
-    })
+    }, real_binfmt)
 
 
 def snapshot(path: Path) -> tuple[bytes, int]:
     return path.read_bytes(), path.stat().st_mtime_ns
 
 
-def test_role_changes_once_then_nothing_and_check_mode_writes_nothing(
-    ansible: Ansible, real_binfmt: Callable[[str], str]
-) -> None:
+def test_role_changes_once_then_nothing_and_check_mode_writes_nothing(ansible: Ansible) -> None:
     config = ansible.tmp / "etc" / "binfmtd" / "config.toml"
     nix_conf = ansible.tmp / "nix" / "nix.conf"
     nix_conf.parent.mkdir()
@@ -210,7 +208,8 @@ def test_role_changes_once_then_nothing_and_check_mode_writes_nothing(
     for interpreter in ("sparc64", "m68k"):  # the F flag opens it at registration
         require(Path(f"/usr/libexec/qemu-binfmt/{interpreter}-binfmt-P").exists(),
                 "qemu-user-static is not installed (apt-get install qemu-user-static)")
-    real_binfmt(SPARC64)
+    assert ansible.namespace.entries() == []  # the namespace's own binfmt_misc
+    ansible.namespace.register(SPARC64)
     fresh = snapshot(nix_conf)
 
     # --check on a host without config.toml: reports the change, writes nothing.
@@ -241,7 +240,7 @@ def test_role_changes_once_then_nothing_and_check_mode_writes_nothing(
     assert snapshot(config) == configured
 
     # A new emulator: --check reports the change and leaves nix.conf byte for byte.
-    real_binfmt(M68K)
+    ansible.namespace.register(M68K)
     run = ansible.playbook("--check", "--diff")
     assert run.recap["changed"] == 1 and run.recap["failed"] == 0
     run.expect("Check whether nix.conf is in step with binfmt_misc", "changed")
@@ -251,7 +250,7 @@ def test_role_changes_once_then_nothing_and_check_mode_writes_nothing(
 
     # --check answers for the config.toml the play would write, not the one on disk:
     # ignoring m68k-linux too makes nix.conf in step again, though config.toml would change.
-    ignore = json.dumps({"binfmtd_ignore_platforms": [*OTHERS, "m68k-linux"]})
+    ignore = json.dumps({"binfmtd_ignore_platforms": ["m68k-linux"]})
     run = ansible.playbook("--check", "--diff", "-e", ignore)
     run.expect("Write config.toml", "changed")
     run.expect("Check whether nix.conf is in step with binfmt_misc", "ok")

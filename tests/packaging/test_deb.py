@@ -1,26 +1,26 @@
-"""The Debian package: `make deb` builds it, dpkg installs it on this machine, and
-`dpkg -r` takes binfmtd's block out of /etc/nix/nix.conf again.
+"""The Debian package: `make deb` builds it, dpkg installs it in a Debian 12 tree, and
+`dpkg -r` takes binfmtd's block out of the tree's /etc/nix/nix.conf again.
 
-Needs root on Debian or Ubuntu. The package is purged and /etc/nix/nix.conf restored from
-a backup at teardown, whatever happened.
+The tree is the cached one of tests/system, writable through an overlay that only a private
+namespace sees (conftest.py's debian_tree): dpkg, the maintainer scripts and binfmtd run
+chrooted there, with a binfmt_misc of the namespace's own. Nothing is installed on this
+host, so its binfmtd.service cannot start and rewrite the host's /etc/nix/nix.conf, and
+conftest.py checks after every test that the host's /etc/nix and binfmt_misc are as before.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from binfmtd.config import Config, parse_config
-from tests.conftest import DATA, PROC_BINFMT, binfmt_line, require
+from tests.conftest import DATA, binfmt_line
+from tests.packaging.conftest import DebianTree
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,25 +28,27 @@ else:  # pragma: no cover - Python < 3.11 only
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
-NIX_CONF = Path("/etc/nix/nix.conf")
-CONFIG = Path("/etc/binfmtd/config.toml")
-UNIT = Path("/lib/systemd/system/binfmtd.service")
-ENABLED = Path("/etc/systemd/system/multi-user.target.wants/binfmtd.service")
+NIX_CONF = "/etc/nix/nix.conf"
+CONFIG = "/etc/binfmtd/config.toml"
+UNIT = "/lib/systemd/system/binfmtd.service"
+ENABLED = "/etc/systemd/system/multi-user.target.wants/binfmtd.service"
+MAN_PAGE = "/usr/share/man/man8/binfmtd.8.gz"
 BINFMTD = "/usr/bin/binfmtd"
+DEB = "/tmp/binfmtd.deb"  # in the tree
 AARCH64_INTERPRETER = "/usr/libexec/qemu-binfmt/aarch64-binfmt-P"
 BEGIN = "# BEGIN binfmtd managed block"
-# The installed program with Debian's Python alone: no venv, no BINFMTD_* from the caller,
-# and not the checkout's binfmtd/ folder through the working directory.
+# The environment of dpkg-deb on the host: Debian's tools, not the venv's.
 SYSTEM_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
 def run(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """A read-only look at the .deb file on the host (dpkg-deb, lintian)."""
     return subprocess.run(list(argv), capture_output=True, text=True, env=SYSTEM_ENV,
                           cwd="/", timeout=timeout, check=False)
 
 
-def installed(package: str) -> bool:
-    shown = run("dpkg-query", "-W", "-f=${db:Status-Status}", package)
+def installed(tree: DebianTree) -> bool:
+    shown = tree.run("dpkg-query", "-W", "-f=${db:Status-Status}", "binfmtd")
     return shown.returncode == 0 and shown.stdout == "installed"
 
 
@@ -61,53 +63,15 @@ def deb(debian_package: Path) -> Path:
     return debian_package
 
 
-@pytest.fixture(scope="module")
-def machine(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """This machine with the package's runtime dependencies; at teardown the package is
-    purged and /etc/nix/nix.conf is exactly as before (bytes, mode, times)."""
-    require(not installed("binfmtd"), "binfmtd is already installed here: the test would "
-            "purge it (dpkg -P binfmtd first)")
-    require(NIX_CONF.parent.is_dir(), f"{NIX_CONF.parent} is missing (apt-get install nix-bin)")
-    backup = tmp_path_factory.mktemp("backup") / "nix.conf"
-    existed = NIX_CONF.exists()
-    if existed:
-        shutil.copy2(NIX_CONF, backup)
-    try:
-        install_dependencies(deb)
-        yield backup
-    finally:
-        purged = run("dpkg", "-P", "binfmtd")
-        if existed:
-            shutil.copy2(backup, NIX_CONF)
-        elif NIX_CONF.exists():
-            NIX_CONF.unlink()
-        assert purged.returncode == 0, purged.stderr
-
-
-def install_dependencies(deb: Path) -> None:
-    """apt-get what the .deb's Depends name and this machine lacks (first alternative)."""
-    depends = run("dpkg-deb", "-f", str(deb), "Depends").stdout
-    missing = []
-    for relation in depends.split(","):
-        names = [re.split(r"[\s(:]", choice.strip())[0] for choice in relation.split("|")]
-        if names[0] and not any(installed(name) for name in names):
-            missing.append(names[0])
-    if not missing:
-        return
-    apt = ["apt-get", "-q", "-o", "DPkg::Lock::Timeout=300"]
-    env = {**SYSTEM_ENV, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run([*apt, "update"], env=env, check=True, capture_output=True, timeout=600)
-    subprocess.run([*apt, "install", "-y", "--no-install-recommends", *missing], env=env,
-                   check=True, capture_output=True, timeout=600)
-
-
 @pytest.fixture
-def package(deb: Path, machine: Path) -> Path:
-    """The package installed with `dpkg -i` (again, if a test removed it)."""
-    if not installed("binfmtd"):
-        done = run("dpkg", "-i", str(deb), timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
-    return machine
+def package(deb: Path, debian_tree: DebianTree) -> DebianTree:
+    """A fresh Debian tree with the package installed by `dpkg -i` (its Depends are in
+    the tree: tests/system/rootfs.py)."""
+    assert not installed(debian_tree)
+    debian_tree.copy_in(deb, DEB)
+    done = debian_tree.run("dpkg", "-i", DEB)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return debian_tree
 
 
 def test_the_deb_holds_the_program_the_unit_the_config_and_the_man_page(deb: Path) -> None:
@@ -115,17 +79,18 @@ def test_the_deb_holds_the_program_the_unit_the_config_and_the_man_page(deb: Pat
     assert listing.returncode == 0, listing.stderr
     paths = {line.split()[-1].lstrip(".") for line in listing.stdout.splitlines()}
     assert {
-        BINFMTD, str(UNIT), str(CONFIG), "/usr/share/man/man8/binfmtd.8.gz",
+        BINFMTD, UNIT, CONFIG, MAN_PAGE,
         "/usr/lib/python3/dist-packages/binfmtd/cli.py",
         "/usr/lib/python3/dist-packages/binfmtd/inotify.py",
         "/usr/share/doc/binfmtd/copyright",
     } <= paths
-    stray = [p for p in paths if re.search(r"/tests/|__pycache__|\.hypothesis|\.pyc$", p)]
+    stray = [p for p in paths if re.search(
+        r"/tests/|__pycache__|\.hypothesis|\.pyc$|dist-packages/(?!binfmtd|$)", p)]
     assert not stray
     assert run("dpkg-deb", "-f", str(deb), "Package", "Version", "Architecture").stdout == (
         f"Package: binfmtd\nVersion: {project_version()}\nArchitecture: all\n"
     )
-    assert run("dpkg-deb", "-I", str(deb), "conffiles").stdout.split() == [str(CONFIG)]
+    assert run("dpkg-deb", "-I", str(deb), "conffiles").stdout.split() == [CONFIG]
 
 
 def test_it_depends_only_on_what_debian_ships(deb: Path) -> None:
@@ -140,125 +105,108 @@ def test_it_depends_only_on_what_debian_ships(deb: Path) -> None:
 
 
 def test_lintian_finds_no_errors(deb: Path) -> None:
-    require(shutil.which("lintian") is not None, "lintian is not installed")
+    # packaging/debian/build.sh (make deb) installs lintian and runs it too.
     checked = run("lintian", "--display-info", str(deb), timeout=600)
     errors = [line for line in checked.stdout.splitlines() if line.startswith("E: ")]
     assert not errors, checked.stdout
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_the_installed_command_runs_with_debians_python(package: Path) -> None:
-    version = run(BINFMTD, "--version")
+def test_the_installed_command_runs_with_debians_python(package: DebianTree) -> None:
+    version = package.run(BINFMTD, "--version")
     assert version.returncode == 0, version.stderr
     assert version.stdout.strip() == f"binfmtd {project_version()}"
-    assert Path(BINFMTD).read_text().startswith("#!/usr/bin/python3")
-    where = run("/usr/bin/python3", "-c", "import binfmtd; print(binfmtd.__file__)")
+    assert package.read_text(BINFMTD).startswith("#!/usr/bin/python3")
+    where = package.run("/usr/bin/python3", "-c", "import binfmtd; print(binfmtd.__file__)")
     assert where.stdout.strip() == "/usr/lib/python3/dist-packages/binfmtd/__init__.py"
 
 
-def test_status_json_reads_a_debian_binfmt_misc_tree(package: Path, tmp_path: Path) -> None:
-    binfmt_misc = tmp_path / "binfmt_misc"
-    shutil.copytree(DATA / "binfmt_misc" / "debian", binfmt_misc)
-    nix_conf = tmp_path / "nix.conf"
-    nix_conf.write_text("sandbox = true\n")
+def test_status_json_reads_a_debian_binfmt_misc_tree(package: DebianTree) -> None:
+    package.copy_in(DATA / "binfmt_misc" / "debian", "/tmp/binfmt_misc")
+    package.write_bytes("/tmp/nix.conf", b"sandbox = true\n")
 
-    shown = run(BINFMTD, "--binfmt-misc", str(binfmt_misc), "--nix-conf", str(nix_conf),
-                "status", "--json")
+    shown = package.run(BINFMTD, "--binfmt-misc", "/tmp/binfmt_misc", "--nix-conf",
+                        "/tmp/nix.conf", "status", "--json")
     assert shown.returncode == 1, shown.stderr  # out of sync: nothing declared yet
     report = json.loads(shown.stdout)
-    assert report["nix_conf"] == str(nix_conf)
+    assert report["nix_conf"] == "/tmp/nix.conf"
     assert report["in_sync"] is False
     platforms = {handler["platform"] for handler in report["handlers"]}
     assert {"aarch64-linux", "riscv64-linux", "s390x-linux"} <= platforms
-    assert nix_conf.read_text() == "sandbox = true\n"
+    assert package.read_bytes("/tmp/nix.conf") == b"sandbox = true\n"
 
 
-def test_the_unit_is_installed_and_enabled(package: Path) -> None:
-    assert UNIT.is_file()
-    assert "ExecStart=/usr/bin/binfmtd run" in UNIT.read_text()
+def test_the_unit_is_installed_and_enabled(package: DebianTree) -> None:
+    assert "ExecStart=/usr/bin/binfmtd run" in package.read_text(UNIT)
     # dh_installsystemd's postinst enables it, with or without a running systemd.
-    assert ENABLED.is_symlink()
-    assert os.readlink(ENABLED) == str(UNIT)
+    assert package.run("readlink", ENABLED).stdout.strip() == UNIT
 
 
-def test_the_default_config_is_a_conffile_that_shows_every_default(package: Path,
-                                                                    tmp_path: Path) -> None:
-    conffiles = run("dpkg-query", "-W", "-f=${Conffiles}", "binfmtd").stdout
-    assert str(CONFIG) in conffiles
-    checked = run(BINFMTD, "--config", str(CONFIG), "status")
+def test_the_default_config_is_a_conffile_that_shows_every_default(package: DebianTree) -> None:
+    conffiles = package.run("dpkg-query", "-W", "-f=${Conffiles}", "binfmtd").stdout
+    assert CONFIG in conffiles
+    checked = package.run(BINFMTD, "--config", CONFIG, "status")
     assert checked.returncode != 2, checked.stderr
 
-    text = CONFIG.read_text()
+    text = package.read_text(CONFIG)
     assert tomllib.loads(text) == {}  # every key commented out
     uncommented = "\n".join(line[1:] for line in text.splitlines()
                             if re.match(r"#[a-z0-9-]+ = ", line))
     shown = tomllib.loads(uncommented)
-    keys = {field.name.replace("_", "-") for field in dataclasses.fields(Config)}
+    keys = {name.replace("_", "-") for name in Config._fields}
     assert set(shown) == keys
-    assert parse_config(shown, str(CONFIG)) == Config()  # the defaults, truly
+    assert parse_config(shown, CONFIG) == Config()  # the defaults, truly
 
-    edited = tmp_path / "config.toml"
-    edited.write_text(uncommented)
-    assert run(BINFMTD, "--config", str(edited), "status").returncode != 2
-
-
-def test_the_man_page_is_installed(package: Path) -> None:
-    page = Path("/usr/share/man/man8/binfmtd.8.gz")
-    if shutil.which("man"):
-        found = run("man", "-w", "binfmtd")
-        assert found.returncode == 0, found.stderr
-        assert found.stdout.strip() == str(page)
-    assert page.is_file()
+    package.write_bytes("/tmp/config.toml", uncommented.encode())
+    assert package.run(BINFMTD, "--config", "/tmp/config.toml", "status").returncode != 2
 
 
-def test_dpkg_r_takes_the_block_out_of_nix_conf(
-    deb: Path, package: Path, real_binfmt: Callable[[str], str]
-) -> None:
-    require(Path(AARCH64_INTERPRETER).exists(), "qemu-user-static is not installed")
-    require(shutil.which("nix") is not None, "Nix is not installed (apt-get install nix-bin)")
-    backup = package  # /etc/nix/nix.conf before the package came
-    require(backup.exists(), f"{NIX_CONF} did not exist before the test")
-    before = backup.read_bytes()
-    real_binfmt(binfmt_line("binfmtd-test-deb", AARCH64_INTERPRETER, flags="OP"))
-    assert (PROC_BINFMT / "binfmtd-test-deb").exists()
+def test_the_man_page_is_installed(package: DebianTree) -> None:
+    found = package.run("man", "-w", "binfmtd")  # man-db is in the tree (tests/system/rootfs.py)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == MAN_PAGE
 
-    synced = run(BINFMTD, "sync", "--no-restart")
+
+def test_dpkg_r_takes_the_block_out_of_nix_conf(package: DebianTree) -> None:
+    before = package.read_bytes(NIX_CONF)  # nix-bin's, in the tree
+    assert BEGIN.encode() not in before
+    # Without F, so the tree's emulator path must go into the sandbox paths. The
+    # namespace's binfmt_misc has this entry alone.
+    package.namespace.register(binfmt_line("binfmtd-test-deb", AARCH64_INTERPRETER, flags="OP"))
+
+    synced = package.run(BINFMTD, "sync", "--no-restart")
     assert synced.returncode == 0, synced.stdout + synced.stderr
-    synced_text = NIX_CONF.read_bytes()
-    assert BEGIN.encode() in synced_text
+    synced_text = package.read_bytes(NIX_CONF)
+    assert synced_text.startswith(before) and BEGIN.encode() in synced_text
     assert b"aarch64-linux" in synced_text
     assert f"{AARCH64_INTERPRETER}?".encode() in synced_text
 
     # An upgrade (here: the same version again) keeps the block.
-    upgraded = run("dpkg", "-i", str(deb), timeout=300)
+    upgraded = package.run("dpkg", "-i", DEB)
     assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
-    assert NIX_CONF.read_bytes() == synced_text
+    assert package.read_bytes(NIX_CONF) == synced_text
 
-    removed = run("dpkg", "-r", "binfmtd", timeout=300)
+    removed = package.run("dpkg", "-r", "binfmtd")
     said = removed.stdout + removed.stderr
     assert removed.returncode == 0, said
     assert "could not take" not in said
     assert f"{NIX_CONF}: binfmtd block removed" in said
     assert "not empty" not in said  # no .pyc written behind dpkg's back
-    assert NIX_CONF.read_bytes() == before
+    assert package.read_bytes(NIX_CONF) == before
     # Removed, not purged: the conffile stays, the program and the unit go.
-    assert not Path(BINFMTD).exists()
-    assert not UNIT.exists()
-    assert CONFIG.exists()
-    leftovers = list(Path("/usr/lib/python3/dist-packages").glob("binfmtd*"))
-    assert not leftovers
+    assert not package.exists(BINFMTD)
+    assert not package.exists(UNIT)
+    assert package.exists(CONFIG)
+    leftovers = package.run("sh", "-c", "ls -d /usr/lib/python3/dist-packages/binfmtd*")
+    assert leftovers.returncode != 0 and leftovers.stdout == "", leftovers.stdout
 
 
-def test_dpkg_r_goes_on_when_the_block_cannot_be_removed(package: Path) -> None:
-    backup = package
-    require(backup.exists(), f"{NIX_CONF} did not exist before the test")
-    damaged = backup.read_bytes() + f"\n{BEGIN}: edits inside are overwritten\n".encode()
-    NIX_CONF.write_bytes(damaged)  # BEGIN without END: binfmtd refuses to guess
-    try:
-        removed = run("dpkg", "-r", "binfmtd", timeout=300)
-        assert removed.returncode == 0, removed.stdout + removed.stderr
-        assert "binfmtd: could not take binfmtd's block out" in removed.stderr
-        assert NIX_CONF.read_bytes() == damaged
-        assert not Path(BINFMTD).exists()
-    finally:
-        shutil.copy2(backup, NIX_CONF)
+def test_dpkg_r_goes_on_when_the_block_cannot_be_removed(package: DebianTree) -> None:
+    before = package.read_bytes(NIX_CONF)
+    damaged = before + f"\n{BEGIN}: edits inside are overwritten\n".encode()
+    package.write_bytes(NIX_CONF, damaged)  # BEGIN without END: binfmtd refuses to guess
+    removed = package.run("dpkg", "-r", "binfmtd")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert "binfmtd: could not take binfmtd's block out" in removed.stderr
+    assert package.read_bytes(NIX_CONF) == damaged
+    assert not package.exists(BINFMTD)

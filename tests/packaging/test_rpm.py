@@ -167,13 +167,11 @@ def test_preun_stops_the_service_then_runs_binfmtd_remove_on_erase(built: Built)
         < preun.index("/usr/bin/binfmtd remove")
 
 
-@pytest.mark.parametrize("argument", ["0", "1"], ids=["erase", "upgrade"])
-def test_preun_takes_the_block_out_of_nix_conf_on_erase_only(
-        built: Built, tmp_path: Path, argument: str) -> None:
+def test_preun_takes_the_block_out_of_nix_conf_on_erase_only(built: Built, tmp_path: Path) -> None:
     """The packaged %preun, run by sh as rpm runs it, with the packaged binfmtd in place of
     /usr/bin/binfmtd and a recording stub for systemd-update-helper, against a copy of
-    nix.conf: on erase the block goes (byte for byte) and nix-daemon is restarted; on
-    upgrade nothing happens."""
+    nix.conf: on upgrade nothing happens; then, the same script on the same files, on
+    erase the block goes (byte for byte) and nix-daemon is restarted."""
     log = tmp_path / "calls.log"
     helper = stub(tmp_path / "systemd-update-helper", f'echo "helper $*" >> {log}\n')
     env = payload_env(built)
@@ -195,16 +193,21 @@ def test_preun_takes_the_block_out_of_nix_conf_on_erase_only(
         "/usr/bin/binfmtd", str(program))
     script = tmp_path / "preun.sh"
     script.write_text(body + "\n")
-    subprocess.run(["/bin/sh", "-e", str(script), argument], env=env, check=True)
+    synced = nix_conf.read_bytes()
 
-    calls = log.read_text().splitlines() if log.exists() else []
-    if argument == "0":
-        assert calls == ["helper remove-system-units binfmtd.service", "binfmtd remove",
-                         "restart nix-daemon"]
-        assert nix_conf.read_text() == original
-    else:
-        assert calls == []
-        assert find_block(nix_conf.read_text()) is not None
+    subprocess.run(["/bin/sh", "-e", str(script), "1"], env=env, check=True)  # upgrade
+    assert calls(log) == []
+    assert nix_conf.read_bytes() == synced
+
+    subprocess.run(["/bin/sh", "-e", str(script), "0"], env=env, check=True)  # erase
+    assert calls(log) == ["helper remove-system-units binfmtd.service", "binfmtd remove",
+                          "restart nix-daemon"]
+    assert nix_conf.read_text() == original
+
+
+def calls(log: Path) -> list[str]:
+    """What the stubs recorded, in order."""
+    return log.read_text().splitlines() if log.exists() else []
 
 
 def test_preun_never_fails_the_erase(built: Built, tmp_path: Path) -> None:
@@ -216,19 +219,21 @@ def test_preun_never_fails_the_erase(built: Built, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize(("tag", "argument", "expected"), [
-    ("POSTIN", "1", ["helper install-system-units binfmtd.service"]),
-    ("POSTIN", "2", []),
-    ("POSTUN", "1", ["helper mark-restart-system-units binfmtd.service"]),
-    ("POSTUN", "0", []),
+@pytest.mark.parametrize(("tag", "quiet", "acting", "expected"), [
+    ("POSTIN", "2", "1", ["helper install-system-units binfmtd.service"]),
+    ("POSTUN", "0", "1", ["helper mark-restart-system-units binfmtd.service"]),
 ])
-def test_systemd_scriptlets(built: Built, tmp_path: Path, tag: str, argument: str,
+def test_systemd_scriptlets(built: Built, tmp_path: Path, tag: str, quiet: str, acting: str,
                             expected: list[str]) -> None:
+    """The scriptlet does nothing for `quiet` (upgrade, erase), and then, the same stub
+    recording, calls the helper for `acting`."""
     log = tmp_path / "calls.log"
     helper = stub(tmp_path / "systemd-update-helper", f'echo "helper $*" >> {log}\n')
     body = scriptlet(built, tag).replace(HELPER, str(helper))
-    subprocess.run(["/bin/sh", "-e", "-c", body, tag, argument], check=True)
-    assert (log.read_text().splitlines() if log.exists() else []) == expected
+    subprocess.run(["/bin/sh", "-e", "-c", body, tag, quiet], check=True)
+    assert calls(log) == []
+    subprocess.run(["/bin/sh", "-e", "-c", body, tag, acting], check=True)
+    assert calls(log) == expected
 
 
 def stub(path: Path, body: str) -> Path:
