@@ -85,7 +85,10 @@ def test_restart_script_restarts_the_same_daemon(nix_daemon: NixDaemon, timed: T
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.connect(str(real_binfmt.inside(str(SOCKET))))  # nix-daemon forks a worker
         assert waits_for(lambda: len(named(real_binfmt, "nix-daemon")) == 2, timeout=5)
-        assert nix_daemon.listeners() == [nix_daemon.pid]  # one daemon; its worker is not
+        # One daemon; its worker is not one, once it has closed the listening socket it
+        # inherited (right after the fork: wait for it rather than race it).
+        assert waits_for(lambda: nix_daemon.listeners() == [nix_daemon.pid], timeout=5), (
+            nix_daemon.listeners())
 
 
 def named(namespace: PrivateBinfmt, comm: str) -> list[int]:
