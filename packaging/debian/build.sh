@@ -18,7 +18,7 @@ cd "$top"
 # (debian/rules is a makefile), lintian and git. The rest of build-essential (a C compiler)
 # is not needed for a Python package: dpkg-buildpackage runs with --ignore-builtin-builddeps.
 build_debs=(make dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
-            python3-setuptools python3-pytest python3-hypothesis python3-psutil
+            python3-setuptools python3-pytest python3-hypothesis
             python3-structlog lintian git)
 missing=()
 for deb in "${build_debs[@]}"; do

@@ -113,7 +113,7 @@ def test_config_is_noreplace_and_license_is_marked(built: Built) -> None:
 
 def test_requires_recommends_and_suggests(built: Built) -> None:
     requires = rpm_query(built.rpm, "-R")
-    assert "python3-psutil >= 5.9" in requires
+    assert not [line for line in requires if "psutil" in line], requires
     assert "python3-structlog >= 22.3" in requires
     assert any(line.startswith("python(abi) = 3.") for line in requires)
     # Fedora's nix is not in every release: recommended, never required.
