@@ -11,9 +11,8 @@ The line's fields, in Nix's order, `-` for "none" or "the default":
 
 from __future__ import annotations
 
-import base64
+import binascii
 import os
-import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
@@ -85,7 +84,7 @@ def encode_host_key(pub_text: str) -> Optional[str]:
     words = pub_text.split()
     if len(words) < 2 or not words[0].startswith(("ssh-", "ecdsa-")):
         return None
-    return base64.b64encode(f"{words[0]} {words[1]}".encode()).decode()
+    return binascii.b2a_base64(f"{words[0]} {words[1]}".encode(), newline=False).decode()
 
 
 def read_host_key(folder: Path = Path("/etc/ssh")) -> Optional[str]:
@@ -102,4 +101,4 @@ def read_host_key(folder: Path = Path("/etc/ssh")) -> Optional[str]:
 
 def hostname() -> str:
     """The name clients reach this machine by, as far as it knows itself."""
-    return socket.gethostname()
+    return os.uname().nodename

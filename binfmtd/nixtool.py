@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -26,22 +25,30 @@ NIX_DAEMON_UNIT = "nix-daemon.service"
 def find_nix(environ: Mapping[str, str] = os.environ) -> Optional[str]:
     """The `nix` program: on PATH, else beside nix-daemon.service's ExecStart, else in the
     upstream installer's default profile, else in root's own profile; None if none."""
-    found = shutil.which("nix", path=environ.get("PATH"))
-    if found is not None:
-        return found
-    for folder in (*_unit_folders(), UPSTREAM_PROFILE_BIN, ROOT_PROFILE_BIN):
-        candidate = os.path.join(folder, "nix")
-        if os.access(candidate, os.X_OK):
+    on_path = environ.get("PATH", os.defpath).split(os.pathsep)
+    return (_program_in("nix", on_path)
+            or _program_in("nix", (*_unit_folders(), UPSTREAM_PROFILE_BIN, ROOT_PROFILE_BIN)))
+
+
+def _program_in(name: str, folders: Sequence[str]) -> Optional[str]:
+    """The first executable `name` in `folders` (shutil.which, without importing shutil
+    for `binfmtd status`)."""
+    for folder in folders:
+        candidate = os.path.join(folder or os.curdir, name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
             return candidate
     return None
 
 
 def _unit_folders() -> tuple[str, ...]:
     """The folder of nix-daemon.service's ExecStart, where systemd runs and knows it."""
-    if not os.path.isdir("/run/systemd/system") or shutil.which("systemctl") is None:
+    if not os.path.isdir("/run/systemd/system"):
         return ()
-    shown = run_program(["systemctl", "show", "--property=ExecStart", NIX_DAEMON_UNIT],
-                        check=False, timeout=10).stdout
+    try:
+        shown = run_program(["systemctl", "show", "--property=ExecStart", NIX_DAEMON_UNIT],
+                            check=False, timeout=10).stdout
+    except BinfmtdError:  # no systemctl, or it hangs: then systemd cannot tell us
+        return ()
     path = exec_start_path(shown)
     return (os.path.dirname(path),) if path else ()
 
@@ -124,7 +131,7 @@ class NixReading:
             return parse_show_config(self._output())
         finally:
             if self._staged is not None:
-                shutil.rmtree(self._staged, ignore_errors=True)
+                _remove(self._staged)
 
     def _output(self) -> str:
         result = self._first.wait(check=False)
@@ -171,7 +178,7 @@ def start_reading(nix: str, main_conf: Path, managed: Path, text: str,
                 os.symlink(main_conf.parent / name, staged / name)
         return NixReading(nix, staged, staged=staged, version=version)
     except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
+        _remove(staged)
         raise
 
 
@@ -195,6 +202,12 @@ def validate_candidate(
 ) -> dict[str, str]:
     """Nix's effective settings with `candidate` in place of `managed`; BinfmtdError if rejected."""
     return start_reading(nix, main_conf, managed, candidate, main_text).result()
+
+
+def _remove(staged: Path) -> None:
+    import shutil  # only a staged reading has a folder to remove
+
+    shutil.rmtree(staged, ignore_errors=True)
 
 
 def _stage(path: Path, text: str) -> None:
