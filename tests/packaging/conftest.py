@@ -40,7 +40,7 @@ def host_untouched() -> Iterator[None]:
     """Fail a test after which the host's /etc/nix, binfmt_misc or dpkg record differ."""
     require(Path("/proc/sys/fs/binfmt_misc").is_dir(), "this kernel has no binfmt_misc")
     before = dpkg_status("binfmtd")
-    with host_kept():
+    with host_kept("binfmtd-test-packaging-"):
         yield
     assert dpkg_status("binfmtd") == before, "the packaging tier changed the host's dpkg"
 

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import pytest
 import rootfs as rootfs_mod
-from hostguard import host_kept
+from hostguard import SYSTEM_PREFIX, host_kept
 from machine import TIMINGS, BootFailed, Machine, booted
 
 from tests.conftest import require
@@ -35,7 +35,7 @@ def host_binfmt_misc_kept() -> Iterator[None]:
     """Each test leaves the host's binfmt_misc and /etc/nix as it found them (hostguard)."""
     if os.geteuid() != 0:
         unavailable("system tests need root (debootstrap, systemd-nspawn, binfmt_misc)")
-    with host_kept():
+    with host_kept(SYSTEM_PREFIX):
         yield
 
 

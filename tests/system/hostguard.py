@@ -9,6 +9,11 @@ poweroff). A host with no handlers would never show that, so the check registers
 of its own first, the sentinel, and fails when it is gone: a positive control for "the
 host's binfmt_misc is as it was".
 
+What is compared: the host's own entries (every name not starting with binfmtd-test-)
+exactly, and the entries of the tier's own prefix (its sentinel, and whatever it registers
+itself: none may be left). Other binfmtd-test-* entries belong to other test runs sharing
+this machine and come and go on their own; they are not the host's.
+
 The sentinel matches files named *.binfmtd-sentinel only and has no F flag, so its
 interpreter (which does not exist) is never opened, and binfmtd sees no ELF machine in it.
 """
@@ -24,8 +29,8 @@ from pathlib import Path
 
 BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
 HOST_NIX = Path("/etc/nix")
-SENTINEL = "binfmtd-test-sentinel"
-SENTINEL_LINE = f":{SENTINEL}:E::binfmtd-sentinel::/nonexistent/binfmtd-sentinel:"
+TEST_PREFIX = "binfmtd-test-"
+SYSTEM_PREFIX = "binfmtd-test-system-"  # every name the system tier registers
 
 
 @contextlib.contextmanager
@@ -44,7 +49,7 @@ def mounted_host_binfmt_misc() -> Iterator[Path]:
 
 def unregister_host(name: str) -> None:
     """Remove the host's entry `name` if it is there; only ever one of the tests' own."""
-    assert name.startswith("binfmtd-test-"), name
+    assert name.startswith(TEST_PREFIX), name
     entry = BINFMT_MISC / name
     if entry.exists():
         entry.write_text("-1")
@@ -70,24 +75,28 @@ def nix_files() -> dict[str, str] | None:
             for p in sorted(HOST_NIX.rglob("*"))}
 
 
-def binfmt_entries() -> dict[str, str]:
-    """Every entry of the host's binfmt_misc, and `status`, with its text."""
-    return {p.name: p.read_text() for p in sorted(BINFMT_MISC.iterdir()) if p.name != "register"}
+def binfmt_entries(prefix: str) -> dict[str, str]:
+    """The host's own binfmt_misc entries, `status`, and those named `prefix`*, with text."""
+    return {p.name: p.read_text() for p in sorted(BINFMT_MISC.iterdir())
+            if p.name != "register"
+            and (p.name.startswith(prefix) or not p.name.startswith(TEST_PREFIX))}
 
 
 @contextlib.contextmanager
-def host_kept() -> Iterator[None]:
-    """Fail when the host's /etc/nix or binfmt_misc differ afterwards, or when the sentinel
-    registered before is gone."""
+def host_kept(prefix: str) -> Iterator[None]:
+    """Fail when the host's /etc/nix, its own binfmt_misc entries or the entries named
+    `prefix`* differ afterwards, or when the sentinel `prefix`sentinel registered before is
+    gone."""
+    sentinel = f"{prefix}sentinel"
     with mounted_host_binfmt_misc():
-        register_host(SENTINEL_LINE)
+        register_host(f":{sentinel}:E::binfmtd-sentinel::/nonexistent/binfmtd-sentinel:")
         try:
-            nix, entries = nix_files(), binfmt_entries()
+            nix, entries = nix_files(), binfmt_entries(prefix)
             yield
-            nix_after, entries_after = nix_files(), binfmt_entries()
+            nix_after, entries_after = nix_files(), binfmt_entries(prefix)
         finally:
-            unregister_host(SENTINEL)
-        assert SENTINEL in entries_after, "the host's binfmt_misc was flushed: all handlers gone"
+            unregister_host(sentinel)
+        assert sentinel in entries_after, "the host's binfmt_misc was flushed: all handlers gone"
         assert entries_after == entries, (
             f"the host's binfmt_misc changed: {diff(entries, entries_after)}")
         assert nix_after == nix, f"the host's /etc/nix changed: {diff(nix or {}, nix_after or {})}"

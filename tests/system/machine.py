@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from hostguard import mounted_host_binfmt_misc, unregister_host
+from hostguard import SYSTEM_PREFIX, mounted_host_binfmt_misc, unregister_host
 
 BOOT_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -235,15 +235,16 @@ def _as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
 @contextlib.contextmanager
 def host_registration(tree: Path, line: str) -> Iterator[str]:
     """Register `line` in the HOST's binfmt_misc and yield its name; the entry is removed
-    again whatever happens. Names start with binfmtd-test-: these tests share the host's
-    instance with the host's own handlers (a booted systemd cannot have its own here) and
-    touch and read nothing else.
+    again whatever happens. Names start with binfmtd-test-system-: these tests share the
+    host's instance with the host's own handlers (a booted systemd cannot have its own
+    here) and touch nothing else.
 
     The F flag makes the kernel open the interpreter at registration, resolved from the
     writer's root: the writer runs chrooted into the Debian tree, which has the emulator.
     The line goes out in one write(2) to the register file opened on the host.
     """
     name = line.split(":")[1]
+    assert name.startswith(SYSTEM_PREFIX), name
     with mounted_host_binfmt_misc() as folder:
         unregister_host(name)  # left over by an interrupted run
         try:

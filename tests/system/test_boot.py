@@ -15,7 +15,7 @@ import pytest
 from hostguard import unregister_host
 from machine import Machine, host_registration, install_binfmtd
 
-TEST_ENTRY = "binfmtd-test-boot-aarch64"
+TEST_ENTRY = "binfmtd-test-system-boot-aarch64"
 # Byte 15 of e_ident (EI_PAD, ignored by qemu's and Linux's ELF loaders) is 0x42 in this
 # test's program and in its magic. Every Debian qemu mask checks that byte and expects 0,
 # so no handler the host may have registered (systemd-binfmt, binfmt-support) runs the

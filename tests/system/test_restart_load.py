@@ -22,7 +22,7 @@ The handler that comes and goes has no F flag and a copy of qemu-riscv64 that on
 test makes as its interpreter, so every flip adds or removes that path in the block's
 sandbox paths: a change of the test's own, also on a host whose systemd-binfmt has declared
 riscv64-linux (and every other platform) already. Every registration is named
-binfmtd-test-load-* and removed at teardown, also on failure.
+binfmtd-test-system-load-* and removed at teardown, also on failure.
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ from tests.e2e.builders import FetchError, static_busybox
 ELF64_LE = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00"
 MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
 QEMU = "/usr/libexec/qemu-binfmt"
-AARCH64 = ("binfmtd-test-load-aarch64", rf"{ELF64_LE}\xb7\x00:{MASK}:{QEMU}/aarch64-binfmt-P")
+AARCH64 = ("binfmtd-test-system-load-aarch64",
+           rf"{ELF64_LE}\xb7\x00:{MASK}:{QEMU}/aarch64-binfmt-P")
 # The handler that comes and goes, without F: its interpreter is the test's own path.
-FLIPPED_ENTRY = "binfmtd-test-load-riscv64"
+FLIPPED_ENTRY = "binfmtd-test-system-load-riscv64"
 FLIPPED_PATH = f"/opt/{FLIPPED_ENTRY}/qemu-riscv64"
 FLIPPED = rf":{FLIPPED_ENTRY}:M::{ELF64_LE}\xf3\x00:{MASK}:{FLIPPED_PATH}:OP"
 

@@ -2,7 +2,7 @@
 
 The container sees the host's binfmt_misc read-only (binfmt_machine), as a service on a
 real machine sees its own; a handler registered on the host is the emulator being
-installed. Every registration made here is named binfmtd-test-* and removed again.
+installed. Every registration made here is named binfmtd-test-system-* and removed again.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ EXPOSURE_LIMIT = 2.5
 # container: binfmtd must then declare that very path as a sandbox path. The path is the
 # test's own observable: on a host where systemd-binfmt registered every Debian qemu line,
 # loongarch64-linux is declared before the test begins, and stays declared after it.
-TEST_ENTRY = "binfmtd-test-service-loongarch64"
+TEST_ENTRY = "binfmtd-test-system-service-loongarch64"
 PLATFORM = "loongarch64-linux"
 INTERPRETER = f"/opt/{TEST_ENTRY}/qemu-loongarch64"
 LOONGARCH64_MAGIC_MASK = (
