@@ -370,11 +370,22 @@ def _wait_until_booted(machine: Machine, timeout: float) -> str:
     return state
 
 
-def nspawn_argv(tree: Path, name: str, binds_ro: Mapping[str, str]) -> list[str]:
-    """The systemd-nspawn command line that boots `tree` (see the module's docstring)."""
-    argv = ["systemd-nspawn", "--directory", str(tree), "--volatile=overlay",
+def nspawn_argv(tree: Path, name: str, binds_ro: Mapping[str, str],
+                network_namespace: str | None = None) -> list[str]:
+    """The systemd-nspawn command line that boots `tree` (see the module's docstring).
+
+    network_namespace: a path such as /run/netns/NAME (ip netns add) the container runs in
+    instead of a private network of its own, so that containers can reach each other.
+    nspawn is started in it (nsenter --net) rather than given --network-namespace-path:
+    nspawn joins that path from inside the container's new user namespace, which does not
+    own the namespace, and fails with "Failed to join network namespace: Operation not
+    permitted" (systemd 252).
+    """
+    network = ["--private-network"] if network_namespace is None else []
+    enter = [] if network_namespace is None else ["nsenter", f"--net={network_namespace}", "--"]
+    argv = [*enter, "systemd-nspawn", "--directory", str(tree), "--volatile=overlay",
             f"--private-users=0:{UID_RANGE}", "--private-users-ownership=off",
-            "--boot", "--register=no", "--keep-unit", "--private-network",
+            "--boot", "--register=no", "--keep-unit", *network,
             "--console=read-only", "--machine", name]
     argv += [f"--bind-ro={source}:{dest}" for source, dest in binds_ro.items()]
     return argv
@@ -382,12 +393,14 @@ def nspawn_argv(tree: Path, name: str, binds_ro: Mapping[str, str]) -> list[str]
 
 @contextlib.contextmanager
 def boot(tree: Path, *, binds_ro: Mapping[str, str] | None = None,
-         timeout: float = BOOT_TIMEOUT, name: str | None = None) -> Iterator[Machine]:
+         timeout: float = BOOT_TIMEOUT, name: str | None = None,
+         network_namespace: str | None = None) -> Iterator[Machine]:
     """Boot `tree` (an overlay over it) and yield a Machine once systemd has settled.
 
     binds_ro maps host paths to container paths, bound read-only (files or folders; the
     files must be readable by root of the container's user namespace, i.e. by the host's
-    root). The container is powered off, or killed, on exit, also when booting failed.
+    root). network_namespace: see nspawn_argv (default: a private network). The container
+    is powered off, or killed, on exit, also when booting failed.
     """
     name = name or f"binfmtd-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
@@ -395,8 +408,8 @@ def boot(tree: Path, *, binds_ro: Mapping[str, str] | None = None,
         log_path = Path(log.name)
         try:
             nspawn = subprocess.Popen(
-                nspawn_argv(tree, name, binds_ro or {}), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, env=env,
+                nspawn_argv(tree, name, binds_ro or {}, network_namespace),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)  # a Ctrl-C in pytest must not reach nspawn first
         except FileNotFoundError as error:
             log_path.unlink()

@@ -1,0 +1,52 @@
+"""The Debian generations the matrix tier proves binfmtd in, and what each tree holds.
+
+Run this file to build (or find) every tree without pytest and print how long each took:
+`.venv/bin/python -m tests.matrix.generations`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+from tests.booted import debian_tree, is_built
+
+# Every generation: a booted systemd, Nix with Debian's socket-activated daemon, and what
+# the project's .deb depends on and recommends (dpkg -i installs nothing by itself).
+COMMON = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "libdbi-perl",  # without it nix-bin does not configure (../shared/FACTS.md)
+    "nix-bin",
+    "nix-setup-systemd",
+    "python3",
+    "python3-psutil",
+    "python3-structlog",
+    "python3-systemd",
+    "procps",
+)
+
+
+class Generation(NamedTuple):
+    suite: str
+    nix: str  # the version the distro's nix-bin reports, asserted by the test
+    packages: tuple[str, ...]
+
+
+GENERATIONS = (
+    # bookworm's qemu-user-static ships /usr/lib/binfmt.d/qemu-aarch64.conf.
+    Generation("bookworm", "2.8.0", (*COMMON, "qemu-user-static")),
+    # From trixie on the binfmt.d lines come with qemu-user-binfmt.
+    Generation("trixie", "2.26.3", (*COMMON, "qemu-user", "qemu-user-binfmt")),
+    Generation("sid", "2.34.8", (*COMMON, "qemu-user", "qemu-user-binfmt")),
+)
+
+
+if __name__ == "__main__":
+    for generation in GENERATIONS:
+        cached = is_built(generation.suite, generation.packages)
+        start = time.monotonic()
+        path = debian_tree(generation.suite, generation.packages)
+        print(f"{generation.suite}: {path} {'cached' if cached else 'built'} "
+              f"in {time.monotonic() - start:.1f} s", flush=True)
