@@ -1,7 +1,7 @@
 """What the system and packaging tiers must leave on the host as they found it.
 
-The booted containers share the host's binfmt_misc (a booted systemd cannot have one of its
-own here), so a container can change the host's handlers: systemd's shutdown writes -1 to
+tests/system's booted containers share the host's binfmt_misc (they have no user namespace
+of their own), so a container can change the host's handlers: systemd's shutdown writes -1 to
 /proc/sys/fs/binfmt_misc/status when binfmt_misc is mounted read-write in the container,
 which removes every handler of the host (measured: a container whose binfmtd.service had
 pulled in proc-sys-fs-binfmt_misc.mount took all 29 of Debian's qemu handlers with it at
@@ -9,10 +9,11 @@ poweroff). A host with no handlers would never show that, so the check registers
 of its own first, the sentinel, and fails when it is gone: a positive control for "the
 host's binfmt_misc is as it was".
 
-What is compared: the host's own entries (every name not starting with binfmtd-test-)
-exactly, and the entries of the tier's own prefix (its sentinel, and whatever it registers
-itself: none may be left). Other binfmtd-test-* entries belong to other test runs sharing
-this machine and come and go on their own; they are not the host's.
+What is compared: the host's own entries (every name not starting with binfmtd-test-),
+exactly, and the sentinel, whose name carries the test process's pid. Entries named
+binfmtd-test-* belong to test runs, maybe others sharing this machine (a second run of the
+same tier included), which come and go on their own; they are not the host's. Each
+registration of the tier's own is removed and checked gone by the code that made it.
 
 The sentinel matches files named *.binfmtd-sentinel only and has no F flag, so its
 interpreter (which does not exist) is never opened, and binfmtd sees no ELF machine in it.
@@ -75,28 +76,27 @@ def nix_files() -> dict[str, str] | None:
             for p in sorted(HOST_NIX.rglob("*"))}
 
 
-def binfmt_entries(prefix: str) -> dict[str, str]:
-    """The host's own binfmt_misc entries, `status`, and those named `prefix`*, with text."""
+def binfmt_entries() -> dict[str, str]:
+    """The host's own binfmt_misc entries, and `status`, with their text."""
     return {p.name: p.read_text() for p in sorted(BINFMT_MISC.iterdir())
-            if p.name != "register"
-            and (p.name.startswith(prefix) or not p.name.startswith(TEST_PREFIX))}
+            if p.name != "register" and not p.name.startswith(TEST_PREFIX)}
 
 
 @contextlib.contextmanager
 def host_kept(prefix: str) -> Iterator[None]:
-    """Fail when the host's /etc/nix, its own binfmt_misc entries or the entries named
-    `prefix`* differ afterwards, or when the sentinel `prefix`sentinel registered before is
-    gone."""
-    sentinel = f"{prefix}sentinel"
+    """Fail when the host's /etc/nix or its own binfmt_misc entries differ afterwards, or
+    when the sentinel (`prefix`sentinel-<pid>) registered before is gone."""
+    sentinel = f"{prefix}sentinel-{os.getpid()}"
     with mounted_host_binfmt_misc():
         register_host(f":{sentinel}:E::binfmtd-sentinel::/nonexistent/binfmtd-sentinel:")
         try:
-            nix, entries = nix_files(), binfmt_entries(prefix)
+            nix, entries = nix_files(), binfmt_entries()
             yield
-            nix_after, entries_after = nix_files(), binfmt_entries(prefix)
+            kept = (BINFMT_MISC / sentinel).exists()
+            nix_after, entries_after = nix_files(), binfmt_entries()
         finally:
             unregister_host(sentinel)
-        assert sentinel in entries_after, "the host's binfmt_misc was flushed: all handlers gone"
+        assert kept, "the host's binfmt_misc was flushed: all handlers gone"
         assert entries_after == entries, (
             f"the host's binfmt_misc changed: {diff(entries, entries_after)}")
         assert nix_after == nix, f"the host's /etc/nix changed: {diff(nix or {}, nix_after or {})}"
