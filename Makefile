@@ -9,6 +9,8 @@ BIN    := $(VENV)/bin
 TEST_DEBS := nix-bin qemu-user-static qemu-user systemd-container debootstrap
 # strace: the nix.conf writer's system calls are asserted in order.
 TEST_DEBS += strace
+# tests/farm: a network namespace (ip), keys and Ansible's connection (ssh-keygen, ssh).
+TEST_DEBS += iproute2 openssh-client
 RUN_DEBS  := python3-venv
 
 .PHONY: run test lint unit integration deps venv bench clean deb rpm mutants
