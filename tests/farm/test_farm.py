@@ -324,6 +324,8 @@ def test_clients_follow_the_builders_emulators(farm: Farm) -> None:
     assert "x86_64-linux,aarch64-linux" in machines(farm)
     pids.append(daemon_pid(farm.client))
     built_on_builder(farm, "aarch64-linux", "aarch64")
+    # ssh on the client had no known_hosts: it trusted the builder by the line's host key.
+    assert farm.client.read_text("/root/.ssh/known_hosts") == ""
 
     # 2. riscv64: --check says so and touches nothing; the run writes it, one restart.
     register(farm, "riscv64")
