@@ -13,8 +13,15 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from hypothesis import settings
 
 from tests.private_binfmt import NamespaceError, PrivateBinfmt
+
+# No per-example deadline: on a loaded 2-core machine (CI, or `make deb` beside other
+# builds) one example of a pure function took 0.7 s, and a timing check is not what
+# these tests are for. Speed lives in bench/.
+settings.register_profile("binfmtd", deadline=None)
+settings.load_profile("binfmtd")
 
 if sys.version_info >= (3, 11):
     import tomllib
