@@ -181,6 +181,37 @@ def test_registrations_the_sandbox_cannot_see_by_itself(
     assert result.output is not None and result.output.split() == ["aarch64", "nixbld"]
 
 
+# How other distributions register aarch64, reproduced with Debian's own binaries:
+# Fedora's qemu-user-static (the static emulator, flag F only), Fedora's qemu-user (the
+# dynamic emulator, no flags), and Ubuntu 24.04's qemu-user-binfmt (a dynamically linked
+# qemu-aarch64 that the kernel opens at registration: F, so only its loader and libraries
+# must be in the sandbox).
+@pytest.mark.parametrize(
+    ("interpreter", "flags"),
+    [
+        ("/usr/bin/qemu-aarch64-static", "F"),
+        ("/usr/bin/qemu-aarch64", ""),
+        ("/usr/bin/qemu-aarch64", "OPF"),
+    ],
+    ids=["fedora-static-F", "fedora-dynamic-no-flags", "ubuntu-dynamic-F"],
+)
+def test_other_distributions_registrations_build(
+    nix_daemon: NixDaemon, nix_build: Build, busybox: Busybox, register_handler: Register,
+    binfmtd: Binfmtd, interpreter: str, flags: str,
+) -> None:
+    name = "binfmtd-test-qemu-aarch64"  # the private instance: Fedora's name would do too
+    line = AARCH64_LINE.replace("binfmtd-test-aarch64", name).replace(
+        "/usr/libexec/qemu-binfmt/aarch64-binfmt-P", interpreter).replace(":OPF", f":{flags}")
+    builder = busybox("arm64")
+    register_handler(name, line)
+    before = nix_build("aarch64-linux", builder, SCRIPT)
+    assert before.returncode != 0 and not_declared("aarch64-linux") in before.stderr
+    assert binfmtd("sync").returncode == 0
+    result = nix_build("aarch64-linux", builder, SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert result.output is not None and result.output.split() == ["aarch64", "nixbld"]
+
+
 def test_a_build_in_flight_survives_the_restart(
     nix_daemon: NixDaemon, nix_client: NixClient, busybox: Busybox, register_handler: Register,
     binfmtd: Binfmtd, timed: Timed,
