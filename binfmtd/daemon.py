@@ -23,6 +23,7 @@ from .config import Config, Host, read_config
 from .errors import BinfmtdError
 from .host import Outcome, reconcile_once
 from .log import get_logger
+from .nixtool import find_nix, nix_version
 from .notify import sd_notify
 from .restarter import Restarter
 from .rules import Action, Rules, Timing
@@ -133,7 +134,9 @@ class Daemon:
             self.watches.rewatch()
             self.reconcile()
             self.said.ready(self._status())
-            self.log.info("daemon.ready", platforms=self.platforms)
+            nix = find_nix()
+            self.log.info("daemon.ready", platforms=self.platforms, nix=nix,
+                          nix_version=nix_version(nix) if nix else None)
             while not self.stopping:
                 self._wait(wakeup_fd, mounts)
                 self._act()

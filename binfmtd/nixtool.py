@@ -75,6 +75,14 @@ def parse_version(output: str) -> Optional[str]:
     return words[-1] if words and words[-1][:1].isdigit() else None
 
 
+def nix_version(nix: str) -> Optional[str]:
+    """What `nix --version` says, e.g. 2.8.0; None when it cannot tell."""
+    try:
+        return parse_version(run_program(version_argv(nix), check=False, timeout=10).stdout)
+    except BinfmtdError:
+        return None
+
+
 def install_hint(os_release: str) -> str:
     """How to install Nix on this distribution (from /etc/os-release's ID and ID_LIKE)."""
     ids: set[str] = set()
