@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from . import __version__
 from .config import Config, Host, read_config
@@ -21,7 +21,13 @@ if TYPE_CHECKING:  # each command imports what it uses, so that status stays lig
 EXIT_OK, EXIT_ATTENTION, EXIT_ERROR = 0, 1, 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+GLOBAL_OPTIONS_WITH_VALUES = ("--config", "--binfmt-misc", "--nix-conf")
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The command line. With `command`, only that command's own options are built:
+    building all nine costs `binfmtd status` more than reading binfmt_misc does.
+    Without it (help, a mistake, the docs test), every command's."""
     parser = argparse.ArgumentParser(
         prog="binfmtd",
         description="Keep Nix's extra platforms and sandbox paths in step with binfmt_misc.",
@@ -36,40 +42,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nix-conf", type=Path, metavar="PATH",
                         help="nix.conf (default /etc/nix/nix.conf; env BINFMTD_NIX_CONF)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (summary, add_options) in COMMAND_OPTIONS.items():
+        if command is None or name == command:
+            add_options(commands.add_parser(name, help=summary))
+    return parser
 
-    status = commands.add_parser("status", help="what is registered and what Nix is told")
+
+def command_in(argv: Sequence[str]) -> Optional[str]:
+    """The command named in argv, when it is plainly one (else None: build them all)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("-h", "--help"):
+            return None
+        if word in GLOBAL_OPTIONS_WITH_VALUES:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in COMMAND_OPTIONS else None
+    return None
+
+
+def _status_options(status: argparse.ArgumentParser) -> None:
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument("-v", "--verbose", action="store_true",
                         help="show each handler Nix has no system for on its own line")
 
-    sync = commands.add_parser("sync", help="bring nix.conf in line once, then exit")
+
+def _sync_options(sync: argparse.ArgumentParser) -> None:
     sync.add_argument("--check", action="store_true",
                       help="change nothing; exit 1 if sync would change nix.conf")
     sync.add_argument("--diff", action="store_true", help="print a unified diff of the change")
     sync.add_argument("--json", action="store_true", help="print one JSON object")
-    sync.add_argument("--no-restart", action="store_true", help="do not restart nix-daemon")
+    _no_restart(sync)
 
-    run = commands.add_parser("run", help="the daemon, in the foreground (for systemd)")
+
+def _run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--no-restart", action="store_true", help="never restart nix-daemon")
     run.add_argument("--log-format", choices=("auto", "console", "json", "journal"),
                      default="auto", help="auto: the journal under systemd, else console")
 
-    register = commands.add_parser(
-        "register", help="register a static emulator for each system (default: "
-                         "emulated-systems from config.toml), then sync")
+
+def _register_options(register: argparse.ArgumentParser) -> None:
     register.add_argument("systems", nargs="*", metavar="SYSTEM")
-    register.add_argument("--no-restart", action="store_true", help="do not restart nix-daemon")
+    _no_restart(register)
 
-    unregister = commands.add_parser("unregister", help="remove what register made, then sync")
+
+def _unregister_options(unregister: argparse.ArgumentParser) -> None:
     unregister.add_argument("systems", nargs="+", metavar="SYSTEM")
-    unregister.add_argument("--no-restart", action="store_true",
-                            help="do not restart nix-daemon")
+    _no_restart(unregister)
 
-    doctor = commands.add_parser("doctor", help="prove that each platform really builds")
-    doctor.add_argument("--json", action="store_true", help="print one JSON object")
 
-    builder = commands.add_parser(
-        "builder-line", help="this machine's line for Nix clients' /etc/nix/machines")
+def _json_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _builder_options(builder: argparse.ArgumentParser) -> None:
     builder.add_argument("--uri", metavar="URI",
                          help="how clients reach it (default ssh://root@HOSTNAME)")
     builder.add_argument("--ssh-key", metavar="PATH",
@@ -80,11 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
                          help="speed factor against other builders (default 1)")
     builder.add_argument("--mandatory-feature", action="append", default=[],
                          metavar="FEATURE", help="take only builds that require it (repeat)")
-    builder.add_argument("--json", action="store_true", help="print one JSON object")
+    _json_option(builder)
 
-    remove = commands.add_parser("remove", help="take binfmtd's block out of nix.conf")
-    remove.add_argument("--no-restart", action="store_true", help="do not restart nix-daemon")
-    return parser
+
+def _no_restart(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--no-restart", action="store_true", help="do not restart nix-daemon")
+
+
+COMMAND_OPTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "status": ("what is registered and what Nix is told", _status_options),
+    "sync": ("bring nix.conf in line once, then exit", _sync_options),
+    "run": ("the daemon, in the foreground (for systemd)", _run_options),
+    "register": ("register a static emulator for each system (default: emulated-systems "
+                 "from config.toml), then sync", _register_options),
+    "unregister": ("remove what register made, then sync", _unregister_options),
+    "doctor": ("prove that each platform really builds", _json_option),
+    "builder-line": ("this machine's line for Nix clients' /etc/nix/machines",
+                     _builder_options),
+    "remove": ("take binfmtd's block out of nix.conf", _no_restart),
+}
 
 
 DEFAULT_CONFIG = Path("/etc/binfmtd/config.toml")
@@ -120,7 +160,8 @@ def _env_path(name: str) -> Optional[Path]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(command_in(words)).parse_args(words)
     try:
         host = host_from(args)
         config = read_config(host.config, required=host.config_required)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from .binfmt import BinfmtState, Handler, Interpreter, read_binfmt_state
+from .binfmt import BinfmtState, Interpreter, read_binfmt_state
 from .conffile import foreign_owner, managed_file, read_conf_text, write_conf_text
 from .config import Config, Host
 from .errors import BinfmtdError
 from .interpreters import read_interpreter
 from .nixdaemon import restart_nix_daemon
 from .nixtool import find_nix, read_install_hint, validate_candidate
-from .reconcile import Plan, plan, plan_removal
+from .reconcile import Plan, interpreters_needed, plan, plan_removal
 
 
 class World(NamedTuple):
@@ -27,10 +27,10 @@ class World(NamedTuple):
 
 
 def read_world(host: Host, config: Config) -> World:
-    """Read binfmt_misc, the emulators it names and nix.conf."""
+    """Read binfmt_misc, the emulators a plan will look at, and nix.conf."""
     binfmt = read_binfmt_state(host.binfmt_misc)
-    paths = {e.interpreter for e in binfmt.entries if isinstance(e, Handler)}
-    interpreters = {path: read_interpreter(path) for path in sorted(paths)}
+    interpreters = {path: read_interpreter(path)
+                    for path in interpreters_needed(binfmt, config, host.system)}
     main_text = read_conf_text(host.nix_conf)
     managed = managed_file(host.nix_conf, main_text, config.nix_conf_target)
     managed_text = main_text if managed == host.nix_conf else read_conf_text(managed)

@@ -179,6 +179,10 @@ def _user_platform_notes(conf_text: str, block: Optional[Block]) -> list[str]:
     ]
 
 
+# A handler that would declare systems, once its interpreter is looked at.
+Declarable = tuple[Handler, tuple[str, ...], tuple[str, ...]]  # handler, served, wanted
+
+
 def judge_entry(
     entry: Handler | MalformedEntry,
     binfmt_enabled: bool,
@@ -187,6 +191,28 @@ def judge_entry(
     host_system: str,
 ) -> Verdict:
     """What one entry contributes: platforms and sandbox paths, or why nothing."""
+    judged = _judge_machine(entry, binfmt_enabled, config, host_system)
+    if isinstance(judged, Verdict):
+        return judged
+    handler, served, wanted = judged
+    interpreter = interpreters.get(handler.interpreter, Interpreter(handler.interpreter, False))
+    return _with_interpreter(handler, served, wanted, interpreter)
+
+
+def interpreters_needed(binfmt: BinfmtState, config: Config, host_system: str) -> list[str]:
+    """The interpreters a plan looks at: those of handlers that would declare a system.
+
+    Looking at the others (Debian registers a .pyc handler run by a dynamic python3) would
+    cost every reading an ld.so run each, for nothing.
+    """
+    judged = (_judge_machine(e, binfmt.enabled, config, host_system) for e in binfmt.entries)
+    return sorted({j[0].interpreter for j in judged if not isinstance(j, Verdict)})
+
+
+def _judge_machine(
+    entry: Handler | MalformedEntry, binfmt_enabled: bool, config: Config, host_system: str,
+) -> Verdict | Declarable:
+    """The verdict on what the entry matches, or what it would declare."""
     if isinstance(entry, MalformedEntry):
         return Verdict(entry.name, None, problems=(f"malformed entry: {entry.reason}",))
     handler = entry
@@ -207,8 +233,7 @@ def judge_entry(
     wanted, note = _wanted(served, config, host_system)
     if not wanted:
         return Verdict(handler.name, handler, systems=served, note=note)
-    interpreter = interpreters.get(handler.interpreter, Interpreter(handler.interpreter, False))
-    return _with_interpreter(handler, served, wanted, interpreter)
+    return handler, served, wanted
 
 
 def _wanted(
