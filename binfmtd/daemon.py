@@ -133,10 +133,10 @@ class Daemon:
         with _signal_wakeup(self._on_signal) as wakeup_fd, open(MOUNTINFO, "rb") as mounts:
             self.watches.rewatch()
             self.reconcile()
-            self.said.ready(self._status())
-            nix = find_nix()
+            nix = find_nix()  # asked before READY=1: after it, the daemon only waits
             self.log.info("daemon.ready", platforms=self.platforms, nix=nix,
                           nix_version=nix_version(nix) if nix else None)
+            self.said.ready(self._status())
             while not self.stopping:
                 self._wait(wakeup_fd, mounts)
                 self._act()
