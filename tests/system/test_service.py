@@ -220,9 +220,11 @@ def test_registration_updates_nix_conf_and_restarts_nix_daemon(
         wait_for(f"{INTERPRETER} in nix.conf after registration",
                  lambda: INTERPRETER in sandbox_paths(service) or None)
         assert PLATFORM in managed_platforms(service)
+        # Paced like the removal's below: on a host whose own handlers made binfmtd
+        # restart nix-daemon as it started, this restart waits out systemd's start limit.
         second_pid = wait_for(
-            "nix-daemon restarted after registration", lambda: new_nix_daemon(service, first_pid)
-        )
+            "nix-daemon restarted after registration", lambda: new_nix_daemon(service, first_pid),
+            timeout=6)
         shown = handler(service, TEST_ENTRY)
         assert shown is not None
         assert (shown["platform"], shown["interpreter"], shown["problems"]) == (
