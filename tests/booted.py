@@ -187,7 +187,7 @@ def _is_namespace_init(pid: int) -> bool:
     return False
 
 
-def _container_init(nspawn_pid: int) -> int | None:
+def container_init(nspawn_pid: int) -> int | None:
     """The host PID of the container's systemd among nspawn's descendants, once it exists."""
     todo = _children(nspawn_pid)
     while todo:
@@ -198,7 +198,7 @@ def _container_init(nspawn_pid: int) -> int | None:
     return None
 
 
-def _as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+def as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = "root"
     return info
@@ -265,7 +265,7 @@ class Machine:
             raise ValueError(f"copy_in needs an absolute destination, got {dest!r}")
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
-            tar.add(src, arcname=dest_path.name, filter=_as_root)
+            tar.add(src, arcname=dest_path.name, filter=as_root)
         self.run(["mkdir", "-p", str(dest_path.parent)])
         result = subprocess.run(
             [*self._prefix(None, None), "tar", "-x", "-C", str(dest_path.parent), "-f", "-"],
@@ -356,7 +356,7 @@ def _wait_until_booted(machine: Machine, timeout: float) -> str:
             raise BootFailed(f"systemd-nspawn exited with {machine.nspawn.returncode} while "
                              f"booting:\n{machine.console()}")
         if machine.pid is None:
-            machine.pid = _container_init(machine.nspawn.pid)
+            machine.pid = container_init(machine.nspawn.pid)
         if machine.pid is None:
             return False
         result = machine.run(["systemctl", "is-system-running"], check=False, timeout=30)

@@ -37,6 +37,9 @@ from pathlib import Path
 
 from hostguard import SYSTEM_PREFIX, mounted_host_binfmt_misc, unregister_host
 
+# One home for what booting a tree needs, shared with the matrix and farm tiers.
+from tests.booted import BootFailed, CommandFailed, as_root, container_init
+
 BOOT_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 CONTAINER_ENV = (
@@ -53,17 +56,6 @@ HOST_BINFMT_MISC = "/run/host-binfmt_misc"  # in the container
 TIMINGS: list[tuple[str, float]] = []  # printed at the end of the pytest run (conftest.py)
 
 
-class CommandFailed(subprocess.CalledProcessError):
-    """A command in the container failed; unlike its base class, says what it printed."""
-
-    def __str__(self) -> str:
-        return f"{super().__str__()}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
-
-
-class BootFailed(RuntimeError):
-    """The container did not come up: nspawn refused, exited or systemd never settled."""
-
-
 @contextlib.contextmanager
 def timed(label: str) -> Iterator[None]:
     """Record and print how long a step took, so slow steps show up in every run."""
@@ -74,36 +66,6 @@ def timed(label: str) -> Iterator[None]:
         seconds = time.monotonic() - start
         TIMINGS.append((label, seconds))
         print(f"timing: {label}: {seconds:.3f} s", flush=True)
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                kids += [int(k) for k in (task / "children").read_text().split()]
-    return kids
-
-
-def _is_namespace_init(pid: int) -> bool:
-    """True for a process that is PID 1 in its own PID namespace (NSpid: <host pid> 1)."""
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("NSpid:"):
-                ids = line.split()[1:]
-                return len(ids) > 1 and ids[-1] == "1"
-    return False
-
-
-def find_container_init(nspawn_pid: int) -> int | None:
-    """The host PID of the container's PID 1 among nspawn's descendants, if it exists yet."""
-    todo = [nspawn_pid]
-    while todo:
-        pid = todo.pop()
-        if pid != nspawn_pid and _is_namespace_init(pid):
-            return pid
-        todo += _children(pid)
-    return None
 
 
 class Machine:
@@ -166,7 +128,7 @@ class Machine:
             raise ValueError(f"copy_in needs an absolute destination, got {dest!r}")
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
-            tar.add(src, arcname=dest_path.name, filter=_as_root)
+            tar.add(src, arcname=dest_path.name, filter=as_root)
         parent = str(dest_path.parent)
         self.run(["mkdir", "-p", parent], quiet=True)
         result = subprocess.run(
@@ -189,7 +151,7 @@ class Machine:
                     f"{self.console()}"
                 )
             if self.pid is None:
-                self.pid = find_container_init(self.nspawn.pid)
+                self.pid = container_init(self.nspawn.pid)
             if self.pid is not None:
                 result = self.run(["systemctl", "is-system-running"], check=False, quiet=True)
                 state = (result.stdout.strip() or result.stderr.strip()) or "?"
@@ -224,12 +186,6 @@ class Machine:
         if self.pid is not None:  # PID 1 outliving nspawn must not happen; make sure
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-
-
-def _as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    return info
 
 
 @contextlib.contextmanager
