@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from . import __version__
-from .config import Config, Host, read_config
 from .errors import BinfmtdError
-from .platforms import host_system
 
-if TYPE_CHECKING:  # each command imports what it uses, so that status stays light
+if TYPE_CHECKING:  # main() asks Nix first: argparse, pathlib and the core come after
+    import argparse
+    from collections.abc import Sequence
+
+    from .config import Config, Host
     from .host import Outcome, World
+    from .nixtool import NixReading
     from .reconcile import Plan
 
 EXIT_OK, EXIT_ATTENTION, EXIT_ERROR = 0, 1, 2
@@ -28,8 +28,15 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The command line. With `command`, only that command's own options are built:
     building all nine costs `binfmtd status` more than reading binfmt_misc does.
     Without it (help, a mistake, the docs test), every command's."""
+    import argparse
+    import functools
+    from pathlib import Path
+
+    # argparse's formatter makes argparse import shutil (and zlib, bz2 and lzma with it)
+    # to ask the terminal's width, for every argument added; given the width, it does not.
+    formatter = functools.partial(argparse.HelpFormatter, width=_terminal_columns() - 2)
     parser = argparse.ArgumentParser(
-        prog="binfmtd",
+        prog="binfmtd", formatter_class=formatter,
         description="Keep Nix's extra platforms and sandbox paths in step with binfmt_misc.",
     )
     parser.add_argument("--version", action="version", version=f"binfmtd {__version__}")
@@ -44,8 +51,19 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, add_options) in COMMAND_OPTIONS.items():
         if command is None or name == command:
-            add_options(commands.add_parser(name, help=summary))
+            add_options(commands.add_parser(name, help=summary, formatter_class=formatter))
     return parser
+
+
+def _terminal_columns() -> int:
+    """What shutil.get_terminal_size says: COLUMNS, else the terminal's, else 80."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(1).columns or 80
+    except OSError:  # standard output is not a terminal
+        return 80
 
 
 def command_in(argv: Sequence[str]) -> Optional[str]:
@@ -127,13 +145,15 @@ COMMAND_OPTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]
 }
 
 
-DEFAULT_CONFIG = Path("/etc/binfmtd/config.toml")
-DEFAULT_BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
-DEFAULT_NIX_CONF = Path("/etc/nix/nix.conf")
-DEFAULT_BINFMT_D = Path("/etc/binfmt.d")
+DEFAULT_CONFIG = "/etc/binfmtd/config.toml"
+DEFAULT_BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
+DEFAULT_NIX_CONF = "/etc/nix/nix.conf"
+DEFAULT_BINFMT_D = "/etc/binfmt.d"
 
 
 def _positive(text: str) -> int:
+    import argparse
+
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
@@ -141,30 +161,61 @@ def _positive(text: str) -> int:
 
 def host_from(args: argparse.Namespace) -> Host:
     """Paths from options, else BINFMTD_* variables, else the defaults."""
-    config = args.config or _env_path("BINFMTD_CONFIG")
-    binfmt_misc = args.binfmt_misc or _env_path("BINFMTD_BINFMT_MISC")
-    nix_conf = args.nix_conf or _env_path("BINFMTD_NIX_CONF")
+    from pathlib import Path
+
+    from .config import Host
+    from .platforms import host_system
+
+    config = args.config or os.environ.get("BINFMTD_CONFIG")
     return Host(
         system=host_system(os.uname().machine),
-        binfmt_misc=binfmt_misc or DEFAULT_BINFMT_MISC,
-        nix_conf=nix_conf or DEFAULT_NIX_CONF,
-        config=config or DEFAULT_CONFIG,
-        config_required=config is not None,
-        binfmt_d=_env_path("BINFMTD_BINFMT_D") or DEFAULT_BINFMT_D,
+        binfmt_misc=Path(args.binfmt_misc or _from_env("BINFMTD_BINFMT_MISC",
+                                                       DEFAULT_BINFMT_MISC)),
+        nix_conf=Path(args.nix_conf or _from_env("BINFMTD_NIX_CONF", DEFAULT_NIX_CONF)),
+        config=Path(config or DEFAULT_CONFIG),
+        config_required=bool(config),
+        binfmt_d=Path(_from_env("BINFMTD_BINFMT_D", DEFAULT_BINFMT_D)),
     )
 
 
-def _env_path(name: str) -> Optional[Path]:
-    value = os.environ.get(name)
-    return Path(value) if value else None
+def _from_env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
+    early = _ask_nix_first(words)
+    try:
+        return _run(words, early)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def _ask_nix_first(words: Sequence[str]) -> Optional[NixReading]:
+    """For `status`, Nix's reading of the nix.conf it will most likely be asked about,
+    started before the command line is parsed, so that Nix's ~30 ms run beside binfmtd's
+    own start-up. A guess: status.ask_nix uses it only for the very file the command
+    line names. Not started where an option that starts like --nix-conf is given."""
+    if command_in(words) != "status" or any(word.startswith("--n") for word in words):
+        return None
+    from .nixtool import read_in_place
+
+    try:
+        return read_in_place(_from_env("BINFMTD_NIX_CONF", DEFAULT_NIX_CONF))
+    except BinfmtdError:  # Nix cannot run: status meets it again and says so
+        return None
+
+
+def _run(words: Sequence[str], early: Optional[NixReading]) -> int:
+    from .config import read_config
+
     args = build_parser(command_in(words)).parse_args(words)
     try:
         host = host_from(args)
         config = read_config(host.config, required=host.config_required)
+        if args.command == "status":
+            return cmd_status(args, host, config, early)
         return COMMANDS[args.command](args, host, config)
     except BinfmtdError as error:
         print(f"binfmtd: {error}", file=sys.stderr)
@@ -173,10 +224,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
-def cmd_status(args: argparse.Namespace, host: Host, config: Config) -> int:
+def cmd_status(args: argparse.Namespace, host: Host, config: Config,
+               early: Optional[NixReading] = None) -> int:
     from .status import ask_nix
 
-    reading = ask_nix(host, config)  # Nix reads nix.conf while binfmtd imports and reads
+    reading = ask_nix(host, config, early)  # Nix reads nix.conf while binfmtd imports and reads
     from .host import read_and_plan
     from .report import to_json, to_text
     from .status import gather_report

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 
 class BinfmtdError(Exception):
     """A condition the user must fix; cli prints its message as one line and exits 2.
@@ -13,6 +11,6 @@ class BinfmtdError(Exception):
     failure again only when its cause changes.
     """
 
-    def __init__(self, message: str, *, cause: Optional[str] = None) -> None:
+    def __init__(self, message: str, *, cause: str | None = None) -> None:
         super().__init__(message)
         self.cause = cause if cause is not None else message

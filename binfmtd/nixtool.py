@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .errors import BinfmtdError
-from .nixconf import included_files
 from .proc import run_program, start_program
+
+if TYPE_CHECKING:  # status asks Nix before pathlib, re and the rest are imported
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
+
+    from .proc import Running
 
 EXPERIMENTAL = ["--extra-experimental-features", "nix-command"]
 # Nix 2.8 has `nix show-config`; newer Nix calls it `nix config show`.
@@ -111,18 +114,24 @@ def show_config_argv(nix: str, command: list[str]) -> list[str]:
 
 class NixReading:
     """`nix show-config` under way for the nix.conf in one folder (no user files), and
-    with `version`, `nix --version` beside it.
+    on request `nix --version` beside it.
 
-    `status` starts it before reading binfmt_misc, so Nix's ~20 ms overlap binfmtd's own.
+    `status` starts it before anything else, so that Nix's ~30 ms run beside binfmtd's
+    own start-up.
     """
 
-    def __init__(self, nix: str, conf_dir: Path, staged: Optional[Path] = None, *,
-                 version: bool = False) -> None:
+    def __init__(self, nix: str, conf_dir: str, staged: Optional[str] = None) -> None:
         env = {k: v for k, v in os.environ.items() if k != "NIX_CONFIG"}
-        env.update(NIX_CONF_DIR=str(conf_dir), NIX_USER_CONF_FILES="/dev/null")
-        self.nix, self._env, self._staged = nix, env, staged
+        env.update(NIX_CONF_DIR=conf_dir, NIX_USER_CONF_FILES="/dev/null")
+        self.nix, self.conf_dir, self._env, self._staged = nix, conf_dir, env, staged
         self._first = start_program(show_config_argv(nix, SHOW_CONFIG_COMMANDS[0]), env=env)
-        self._version = start_program(version_argv(nix), env=env) if version else None
+        self._version: Optional[Running] = None
+
+    def ask_version(self) -> None:
+        """Start `nix --version` as well. Not together with show-config: each Nix start
+        costs ~30 ms of CPU, and on two cores binfmtd's own start-up needs the other."""
+        if self._version is None:
+            self._version = start_program(version_argv(self.nix), env=self._env)
 
     def version(self) -> Optional[str]:
         """What `nix --version` says, e.g. 2.8.0; None when not asked or not understood."""
@@ -138,8 +147,19 @@ class NixReading:
         try:
             return parse_show_config(self._output())
         finally:
-            if self._staged is not None:
-                _remove(self._staged)
+            self._remove_staged()
+
+    def close(self) -> None:
+        """Stop what nobody waited for (a reading started on a guess that was wrong)."""
+        for running in (self._first, self._version):
+            if running is not None:
+                running.stop()
+        self._remove_staged()
+
+    def _remove_staged(self) -> None:
+        if self._staged is not None:
+            _remove(self._staged)
+            self._staged = None
 
     def _output(self) -> str:
         result = self._first.wait(check=False)
@@ -155,23 +175,36 @@ class NixReading:
         raise BinfmtdError(f"Nix rejects it: {_last_error(result.stderr)}")
 
 
+def read_in_place(nix_conf: str) -> Optional[NixReading]:
+    """Nix's reading of `nix_conf` as it stands, where Nix reads it in place (a file named
+    nix.conf, its folder given as NIX_CONF_DIR, as nix-daemon reads it); None where the
+    file has another name (start_reading stages it) or Nix is not installed."""
+    if os.path.basename(nix_conf) != "nix.conf":
+        return None
+    nix = find_nix()
+    return NixReading(nix, os.path.dirname(nix_conf) or os.curdir) if nix else None
+
+
 def _unknown_command(stderr: str) -> bool:
     return "recognised command" in stderr or "recognized command" in stderr
 
 
 def read_effective_settings(nix: str, conf_dir: Path) -> dict[str, str]:
     """The settings Nix derives from the nix.conf in `conf_dir` (no user files)."""
-    return NixReading(nix, conf_dir).result()
+    return NixReading(nix, str(conf_dir)).result()
 
 
 def start_reading(nix: str, main_conf: Path, managed: Path, text: str,
-                  main_text: str, *, version: bool = False) -> NixReading:
+                  main_text: str) -> NixReading:
     """Ask Nix about the files as they would be with `text` in `managed`.
 
     The files go into a temp folder laid out like the real one: the main nix.conf (or
     the text, when it is the main file) and the siblings it includes.
     """
     import tempfile  # only a staged reading needs it: status reads the real folder
+    from pathlib import Path
+
+    from .nixconf import included_files
 
     staged = Path(tempfile.mkdtemp(prefix="binfmtd-validate-"))
     try:
@@ -184,9 +217,9 @@ def start_reading(nix: str, main_conf: Path, managed: Path, text: str,
                 _stage(staged / name, text)
             elif (main_conf.parent / name).exists():
                 os.symlink(main_conf.parent / name, staged / name)
-        return NixReading(nix, staged, staged=staged, version=version)
+        return NixReading(nix, str(staged), staged=str(staged))
     except BaseException:
-        _remove(staged)
+        _remove(str(staged))
         raise
 
 
@@ -212,10 +245,10 @@ def validate_candidate(
     return start_reading(nix, main_conf, managed, candidate, main_text).result()
 
 
-def _remove(staged: Path) -> None:
+def _remove(folder: str) -> None:
     import shutil  # only a staged reading has a folder to remove
 
-    shutil.rmtree(staged, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _stage(path: Path, text: str) -> None:

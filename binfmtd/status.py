@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from .conffile import managed_file, read_conf_text
 from .config import Config, Host
 from .errors import BinfmtdError
 from .nixdaemon import failed_units, find_nix_daemons, started_before, systemd_running
-from .nixtool import NixReading, find_nix, read_install_hint, start_reading
+from .nixtool import NixReading, find_nix, read_in_place, read_install_hint, start_reading
 
 if TYPE_CHECKING:  # ask_nix() runs before these are imported
     from .builder import BuilderLine
@@ -19,20 +20,34 @@ if TYPE_CHECKING:  # ask_nix() runs before these are imported
     from .report import Report
 
 
-def ask_nix(host: Host, config: Config) -> Optional[NixReading]:
-    """Start Nix's own reading of nix.conf as it is now; None where Nix is not installed.
+def ask_nix(host: Host, config: Config, early: Optional[NixReading] = None
+            ) -> Optional[NixReading]:
+    """Nix's own reading of nix.conf as it is now, with Nix's version; None where Nix is
+    not installed. `early` is a reading cli started before it parsed the command line,
+    on a guess: it is used where it reads the very file the command line names.
 
     Started before binfmt_misc is read, so that the two overlap.
     """
+    if early is not None and Path(early.conf_dir, "nix.conf") == host.nix_conf:
+        reading: Optional[NixReading] = early
+    elif host.nix_conf.name == "nix.conf":
+        reading = read_in_place(str(host.nix_conf))
+    else:
+        reading = _read_staged(host, config)
+    if reading is not None:
+        reading.ask_version()
+    return reading
+
+
+def _read_staged(host: Host, config: Config) -> Optional[NixReading]:
+    """A nix.conf by another name: Nix reads a copy named nix.conf in a temp folder."""
     nix = find_nix()
     if nix is None:
         return None
-    if host.nix_conf.name == "nix.conf":  # Nix reads the real folder, as nix-daemon does
-        return NixReading(nix, host.nix_conf.parent, version=True)
     main_text = read_conf_text(host.nix_conf)
     managed = managed_file(host.nix_conf, main_text, config.nix_conf_target)
     text = main_text if managed == host.nix_conf else read_conf_text(managed)
-    return start_reading(nix, host.nix_conf, managed, text or "", main_text or "", version=True)
+    return start_reading(nix, host.nix_conf, managed, text or "", main_text or "")
 
 
 def gather_report(world: World, planned: Plan, host: Host, config: Config,
