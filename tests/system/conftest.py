@@ -1,4 +1,8 @@
-"""Fixtures for the booted-systemd tests: a cached Debian tree and a container booted from it.
+"""Fixtures for the booted-systemd tests: a cached Debian 12 tree, booted with tests/booted.py.
+
+Each container runs systemd in a user namespace of its own, so its binfmt_misc is its own:
+empty once mounted, its registrations invisible to the host, the host's handlers not
+applied inside. Nothing here reads or changes the host's binfmt_misc or /etc/nix.
 
 Why fail in CI but skip elsewhere: on a developer's machine without root or nspawn the
 system tests cannot run and saying so is enough; in CI the same condition means the
@@ -9,19 +13,31 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
-import rootfs as rootfs_mod
-from hostguard import SYSTEM_PREFIX, host_kept
-from machine import TIMINGS, BootFailed, Machine, booted
+from machine import TIMINGS
 
+from tests.booted import (
+    BootFailed,
+    CommandFailed,
+    Machine,
+    Unavailable,
+    boot,
+    debian_tree,
+    is_built,
+)
 from tests.conftest import require
+from tests.matrix.generations import GENERATIONS
 
-REPO = Path(__file__).resolve().parents[2]
+# The matrix's bookworm tree and man-db: `systemd-analyze verify` runs `man binfmtd(8)` for
+# the unit's Documentation= and fails without man ("Command 'man binfmtd(8)' failed").
+BOOKWORM = next(g for g in GENERATIONS if g.suite == "bookworm")
+PACKAGES = (*BOOKWORM.packages, "man-db")
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -30,50 +46,58 @@ def unavailable(reason: str) -> NoReturn:
     raise AssertionError("require() raises")
 
 
-@pytest.fixture(autouse=True)
-def host_binfmt_misc_kept() -> Iterator[None]:
-    """Each test leaves the host's binfmt_misc and /etc/nix as it found them (hostguard)."""
-    if os.geteuid() != 0:
-        unavailable("system tests need root (debootstrap, systemd-nspawn, binfmt_misc)")
-    with host_kept(SYSTEM_PREFIX):
-        yield
-
-
 @pytest.fixture(scope="session")
-def rootfs() -> Path:
+def tree() -> Path:
     """The cached Debian 12 tree (built on first use, reused while the package set holds)."""
     if os.geteuid() != 0:
-        unavailable("system tests need root (debootstrap, systemd-nspawn, binfmt_misc)")
-    start = time.monotonic()
+        unavailable("system tests need root (debootstrap, systemd-nspawn)")
+    for tool, package in (("systemd-nspawn", "systemd-container"),
+                          ("debootstrap", "debootstrap"), ("nsenter", "util-linux")):
+        if shutil.which(tool) is None:
+            unavailable(f"{tool} not found (apt-get install {package})")
+    cached, start = is_built("bookworm", PACKAGES), time.monotonic()
     try:
-        rootfs_mod.ensure_host_tools()
-        built = rootfs_mod.build()
-    except (rootfs_mod.Unavailable, OSError) as err:
-        unavailable(f"cannot build the Debian tree: {err}")
-    label = "rootfs build" if built else "rootfs (cached)"
-    TIMINGS.append((label, time.monotonic() - start))
-    return rootfs_mod.TREE
+        built = debian_tree("bookworm", PACKAGES)
+    except Unavailable as error:
+        unavailable(f"cannot build the Debian tree: {error}")
+    TIMINGS.append(("tree (cached)" if cached else "tree build", time.monotonic() - start))
+    return built
 
 
-@pytest.fixture
-def machine(rootfs: Path) -> Iterator[Machine]:
-    """A freshly booted container on an overlay of the tree; powered off after the test."""
-    yield from _boot(rootfs)
-
-
-@pytest.fixture
-def binfmt_machine(rootfs: Path) -> Iterator[Machine]:
-    """Like `machine`, and the host's binfmt_misc is the container's, read-only."""
-    yield from _boot(rootfs, host_binfmt_misc=True)
-
-
-def _boot(tree: Path, host_binfmt_misc: bool = False) -> Iterator[Machine]:
+@contextlib.contextmanager
+def booted(tree: Path, binds_ro: dict[str, str] | None = None) -> Iterator[Machine]:
+    """A container booted from `tree` (an overlay over it), powered off afterwards."""
+    start = time.monotonic()
     with contextlib.ExitStack() as stack:
         try:
-            booted_machine = stack.enter_context(booted(tree, host_binfmt_misc=host_binfmt_misc))
-        except BootFailed as err:
-            unavailable(f"systemd-nspawn cannot boot {tree}: {err}")
+            machine = stack.enter_context(boot(tree, binds_ro=binds_ro))
+        except BootFailed as error:
+            unavailable(f"systemd-nspawn cannot boot {tree}: {error}")
+        TIMINGS.append(("boot", time.monotonic() - start))
+        yield machine
+
+
+def own_binfmt_misc(machine: Machine) -> Machine:
+    """Mount the container's private binfmt_misc and check it starts empty."""
+    try:
+        machine.mount_binfmt_misc()
+    except CommandFailed as error:  # a kernel older than 6.7: say so, do not crash
+        unavailable(f"no private binfmt_misc in the container (Linux >= 6.7): {error}")
+    assert machine.binfmt_entries() == [], "the container's binfmt_misc is not its own"
+    return machine
+
+
+@pytest.fixture
+def machine(tree: Path) -> Iterator[Machine]:
+    """A freshly booted container, binfmt_misc not mounted (systemd skips it in nspawn)."""
+    with booted(tree) as booted_machine:
         yield booted_machine
+
+
+@pytest.fixture
+def binfmt_machine(machine: Machine) -> Machine:
+    """Like `machine`, with the container's own, empty binfmt_misc mounted."""
+    return own_binfmt_misc(machine)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

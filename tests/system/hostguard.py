@@ -1,19 +1,18 @@
-"""What the system and packaging tiers must leave on the host as they found it.
+"""What the packaging and farm tiers must leave on the host as they found it.
 
-tests/system's booted containers share the host's binfmt_misc (they have no user namespace
-of their own), so a container can change the host's handlers: systemd's shutdown writes -1 to
-/proc/sys/fs/binfmt_misc/status when binfmt_misc is mounted read-write in the container,
-which removes every handler of the host (measured: a container whose binfmtd.service had
-pulled in proc-sys-fs-binfmt_misc.mount took all 29 of Debian's qemu handlers with it at
+Those tiers work in namespaces of their own, yet a mistake there could still reach the
+host's binfmt_misc: systemd's shutdown writes -1 to /proc/sys/fs/binfmt_misc/status when
+binfmt_misc is mounted read-write in a container that shares the host's instance, which
+removes every handler of the host (measured: 29 of Debian's qemu handlers gone at one
 poweroff). A host with no handlers would never show that, so the check registers a handler
 of its own first, the sentinel, and fails when it is gone: a positive control for "the
-host's binfmt_misc is as it was".
+host's binfmt_misc is as it was". (tests/system needs no guard: its containers boot in a
+user namespace of their own, tests/booted.py, and never see the host's instance.)
 
 What is compared: the host's own entries (every name not starting with binfmtd-test-),
 exactly, and the sentinel, whose name carries the test process's pid. Entries named
 binfmtd-test-* belong to test runs, maybe others sharing this machine (a second run of the
-same tier included), which come and go on their own; they are not the host's. Each
-registration of the tier's own is removed and checked gone by the code that made it.
+same tier included), which come and go on their own; they are not the host's.
 
 The sentinel matches files named *.binfmtd-sentinel only and has no F flag, so its
 interpreter (which does not exist) is never opened, and binfmtd sees no ELF machine in it.
@@ -31,7 +30,6 @@ from pathlib import Path
 BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
 HOST_NIX = Path("/etc/nix")
 TEST_PREFIX = "binfmtd-test-"
-SYSTEM_PREFIX = "binfmtd-test-system-"  # every name the system tier registers
 
 
 @contextlib.contextmanager

@@ -1,38 +1,60 @@
 """Prove the system-test infrastructure itself before binfmtd's tests rely on it.
 
 Each test checks one thing later tests take for granted: the container boots, Nix's units
-work under its systemd, and an emulator registered on the HOST runs foreign binaries
-INSIDE the container (which is how binfmtd will meet emulators in the real world).
+work under its systemd, its binfmt_misc is its own (a registration made inside runs foreign
+binaries inside, the host's handlers do not), and the .deb installs an enabled service.
+And what boot does with binfmt_misc in such a container: nothing by itself (systemd's
+automount is conditioned on a writable /proc/sys), everything once the mount unit is wanted.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from hostguard import unregister_host
-from machine import Machine, host_registration, install_binfmtd
+from conftest import booted
+from machine import install_binfmtd
+from test_service import handler, managed_platforms, sandbox_paths, wait_for
 
-TEST_ENTRY = "binfmtd-test-system-boot-aarch64"
-# Byte 15 of e_ident (EI_PAD, ignored by qemu's and Linux's ELF loaders) is 0x42 in this
-# test's program and in its magic. Every Debian qemu mask checks that byte and expects 0,
-# so no handler the host may have registered (systemd-binfmt, binfmt-support) runs the
-# program: only this test's entry does, whatever else the host emulates.
-MARK = 0x42
-AARCH64_LINE = (
-    rf":{TEST_ENTRY}:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00"
-    rf"\x{MARK:02x}\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff"
-    r"\xff\xfe\xff\xff\xff:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:OPF"
-)
+from tests.booted import Machine
+
 HELLO = b"hello from aarch64\n"
+HELLO_PATH = "/usr/local/bin/hello-aarch64"
+# execv directly: env and shells fall back to running the file as a shell script.
+EXEC_DIRECTLY = "import os, sys; os.execv(sys.argv[1], sys.argv[1:])"
+# A line of the test's own in /etc/binfmt.d, without F and naming the tree's qemu itself,
+# so that neither its name nor its sandbox path can come from Debian's /usr/lib/binfmt.d.
+BOOT_ENTRY = "binfmtd-boot-loongarch64"
+BOOT_INTERPRETER = "/usr/bin/qemu-loongarch64-static"
+BOOT_LINE = (
+    rf":{BOOT_ENTRY}:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+    r"\x02\x00\x02\x01:\xff\xff\xff\xff\xff\xff\xff\xfc\x00\xff\xff\xff\xff\xff\xff\xff"
+    rf"\xfe\xff\xff\xff:{BOOT_INTERPRETER}:OP"
+)
+# What `systemctl enable proc-sys-fs-binfmt_misc.mount` would do (its WantedBy=).
+WANT_MOUNT = "[Unit]\nWants=proc-sys-fs-binfmt_misc.mount\n"
 
 
 def test_boots_to_running_or_degraded(machine: Machine) -> None:
     state = machine.run(["systemctl", "is-system-running"], check=False).stdout.strip()
     failed = machine.run(["systemctl", "--failed", "--no-legend"], check=False).stdout
     assert state in ("running", "degraded"), f"state {state!r}, failed units:\n{failed}"
+
+
+def condition_result(machine: Machine, unit: str) -> str:
+    return machine.run(["systemctl", "show", "-p", "ConditionResult", "--value", unit]).stdout
+
+
+def test_systemd_does_not_mount_binfmt_misc_at_boot_by_itself(machine: Machine) -> None:
+    """Measured (systemd 252 in its own user namespace): the automount is skipped,
+    "ConditionPathIsReadWrite=/proc/sys was not met" (nspawn mounts /proc/sys read-only),
+    so systemd-binfmt is skipped too: "ConditionPathIsMountPoint=/proc/sys/fs/binfmt_misc".
+    test_binfmt_d_lines_are_registered_at_boot is the same boot with the mount unit wanted."""
+    automount = machine.run(["systemctl", "status", "proc-sys-fs-binfmt_misc.automount"],
+                            check=False).stdout
+    assert "ConditionPathIsReadWrite=/proc/sys was not met" in automount, automount
+    assert condition_result(machine, "systemd-binfmt.service").strip() == "no"
+    assert machine.run(["mountpoint", "-q", "/proc/sys/fs/binfmt_misc"], check=False).returncode
 
 
 def test_nix_daemon_socket_is_active(machine: Machine) -> None:
@@ -52,12 +74,9 @@ def test_restart_nix_daemon_changes_main_pid(machine: Machine) -> None:
 
 
 def test_the_deb_installs_an_enabled_service_in_a_booted_debian(
-    binfmt_machine: Machine, debian_package: Path
+    machine: Machine, debian_package: Path
 ) -> None:
-    """With the host's binfmt_misc read-only inside, as binfmtd.service finds it mounted.
-    (A container that mounts it read-write itself, as the unit's Wants= would, takes every
-    host handler with it at poweroff: systemd's shutdown writes -1 to its status.)"""
-    machine = binfmt_machine
+    """binfmt_misc unmounted, as a container boots: the unit's Wants= mounts its own."""
     install_binfmtd(machine, debian_package)
     assert machine.run(["systemctl", "is-enabled", "binfmtd.service"]).stdout.strip() == "enabled"
     found = machine.run(["python3", "-c", "import binfmtd; print(binfmtd.__file__)"])
@@ -66,16 +85,17 @@ def test_the_deb_installs_an_enabled_service_in_a_booted_debian(
     machine.run(["systemctl", "start", "binfmtd.service"])
     active = machine.run(["systemctl", "is-active", "binfmtd.service"]).stdout.strip()
     assert active == "active"
+    assert machine.binfmt_entries() == []  # mounted by the unit's Wants=, the container's own
     machine.run(["dpkg", "-r", "binfmtd"])
     gone = machine.run(["systemctl", "is-active", "binfmtd.service"], check=False)
     assert gone.stdout.strip() in ("inactive", "unknown")
 
 
 def aarch64_hello_elf() -> bytes:
-    """A 171-byte static aarch64 ELF that writes HELLO and exits 0 (no download needed),
-    with MARK in its last e_ident byte.
+    """A 171-byte static aarch64 ELF that writes HELLO and exits 0 (no download needed).
 
     Hand-assembled: write(1, msg, len) via svc #0 with x8=64, then exit(0) with x8=93.
+    A plain ELF, so that any aarch64 handler would run it: one of the host's included.
     """
     base, code_offset = 0x400000, 64 + 56  # ELF header + one program header
     code = [
@@ -90,7 +110,7 @@ def aarch64_hello_elf() -> bytes:
     ]
     body = struct.pack(f"<{len(code)}I", *code) + HELLO
     size = code_offset + len(body)
-    ident = b"\x7fELF\x02\x01\x01" + bytes(8) + bytes([MARK])  # 64-bit, LE, System V
+    ident = b"\x7fELF\x02\x01\x01" + bytes(9)  # 64-bit, little-endian, System V
     header = ident + struct.pack(
         "<HHIQQQIHHHHHH", 2, 0xB7, 1, base + code_offset, 64, 0, 0, 64, 56, 1, 0, 0, 0
     )
@@ -98,30 +118,62 @@ def aarch64_hello_elf() -> bytes:
     return header + program + body
 
 
-@pytest.fixture
-def host_aarch64_registration(rootfs: Path) -> Iterator[str]:
-    """AARCH64_LINE registered in the host's binfmt_misc (F flag, written from the tree,
-    which has qemu-user-static: the host needs no emulator package of its own)."""
-    with host_registration(rootfs, AARCH64_LINE) as name:
-        yield name
+def run_hello(machine: Machine) -> tuple[int, str]:
+    result = machine.run(["python3", "-c", EXEC_DIRECTLY, HELLO_PATH], check=False)
+    return result.returncode, result.stdout or result.stderr
 
 
-def test_host_binfmt_registration_takes_effect_inside(
-    machine: Machine, host_aarch64_registration: str, tmp_path: Path
+def test_a_registration_inside_takes_effect_inside_and_the_hosts_do_not(
+    binfmt_machine: Machine, tmp_path: Path
 ) -> None:
-    machine.run(["/usr/bin/qemu-aarch64-static", "--version"])
+    """Refused, runs, refused: before and after the container's own registration only its
+    own counts. Whatever aarch64 handler the host has, it does not run the program inside."""
+    machine = binfmt_machine
     hello = tmp_path / "hello-aarch64"
     hello.write_bytes(aarch64_hello_elf())
     hello.chmod(0o755)
-    machine.copy_in(hello, "/usr/local/bin/hello-aarch64")
-    assert machine.run(["/usr/local/bin/hello-aarch64"]).stdout == HELLO.decode()
+    machine.copy_in(hello, HELLO_PATH)
+    refused = "[Errno 8] Exec format error"
+    status, said = run_hello(machine)
+    assert status != 0 and refused in said, said  # the host's handlers do not apply
 
-    # And it is this test's entry that does it: without it the kernel refuses, also on a
-    # host that emulates aarch64 itself (no Debian mask lets MARK through).
-    unregister_host(host_aarch64_registration)
-    # execv directly: env and shells fall back to running the file as a shell script.
-    exec_directly = "import os, sys; os.execv(sys.argv[1], sys.argv[1:])"
-    refused = machine.run(
-        ["python3", "-c", exec_directly, "/usr/local/bin/hello-aarch64"], check=False
-    )
-    assert refused.returncode != 0 and "Exec format error" in refused.stderr, refused
+    line = machine.read_text("/usr/lib/binfmt.d/qemu-aarch64.conf").strip()
+    name = machine.register(line)
+    try:
+        assert machine.binfmt_entries() == [name]
+        assert run_hello(machine) == (0, HELLO.decode())  # the positive control
+    finally:
+        machine.unregister(name)
+    status, said = run_hello(machine)
+    assert status != 0 and refused in said, said
+
+
+def test_binfmt_d_lines_are_registered_at_boot(
+    tree: Path, tmp_path: Path, debian_package: Path
+) -> None:
+    """With the mount unit wanted by sysinit.target, the container's own systemd-binfmt
+    registers /etc/binfmt.d at boot, and binfmtd.service, installed then, declares it."""
+    (tmp_path / "want.conf").write_text(WANT_MOUNT)
+    (tmp_path / "boot.conf").write_text(BOOT_LINE + "\n")
+    binds = {str(tmp_path / "want.conf"): "/etc/systemd/system/sysinit.target.d/binfmt.conf",
+             str(tmp_path / "boot.conf"): "/etc/binfmt.d/binfmtd-boot.conf"}
+    with booted(tree, binds_ro=binds) as machine:
+        assert condition_result(machine, "systemd-binfmt.service").strip() == "yes"
+        active = machine.run(["systemctl", "is-active", "systemd-binfmt.service"], check=False)
+        assert active.stdout.strip() == "active", active
+        entries = machine.binfmt_entries()
+        assert BOOT_ENTRY in entries and "qemu-aarch64" in entries, entries
+        assert f"interpreter {BOOT_INTERPRETER}\n" in machine.read_text(
+            f"/proc/sys/fs/binfmt_misc/{BOOT_ENTRY}")
+        assert BOOT_INTERPRETER not in sandbox_paths(machine)  # the control is below
+
+        install_binfmtd(machine, debian_package)
+        machine.run(["systemctl", "start", "binfmtd.service"])
+        wait_for(f"{BOOT_INTERPRETER} in nix.conf after boot",
+                 lambda: BOOT_INTERPRETER in sandbox_paths(machine) or None)
+        assert {"aarch64-linux", "loongarch64-linux"} <= set(managed_platforms(machine))
+        shown = handler(machine, BOOT_ENTRY)
+        assert shown is not None
+        assert (shown["platform"], shown["interpreter"], shown["problems"]) == (
+            "loongarch64-linux", BOOT_INTERPRETER, []), shown
+

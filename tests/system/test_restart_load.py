@@ -2,8 +2,9 @@
 small sandboxed aarch64 builds run back to back. How many builds did a restart break?
 
 The container is a booted Debian 12 whose nix-daemon is nix-setup-systemd's socket unit
-plus service (KillMode=process). On the host, an aarch64 handler (F flag) makes the builds
-possible and a riscv64 handler is registered and removed 25 times each: every change makes
+plus service (KillMode=process). In the container's own binfmt_misc, an aarch64 handler
+(F flag) makes the builds possible and a riscv64 handler is registered and removed 25
+times: every change makes
 binfmtd rewrite the managed block and `systemctl try-restart nix-daemon.service`, and the
 test waits for the new daemon before the next change. Meanwhile four loops each run one Nix
 client after another (NIX_REMOTE=daemon, an empty client nix.conf, no --option), each
@@ -11,18 +12,14 @@ building a new derivation (a nonce) in Nix's sandbox (sandbox = true, sandbox-fa
 false). Restarts this quick need systemd's start limit lifted (see NO_START_LIMIT); the
 second test shows what the limit as shipped does to them.
 
-Sandbox inside nspawn (measured, systemd 252, Nix 2.8): it works with machine.py's plain
-options, no --private-users and no extra capabilities: nix-daemon runs as root of the
-host's user namespace with nspawn's default capabilities (CAP_SYS_ADMIN, CAP_SETUID, ...)
-under nspawn's seccomp filter, which leave Nix its user, mount, PID, network, IPC and UTS
-namespaces. Each run proves it with one build that reports what it sees (hostname, uid,
-root folder, network links).
+Sandbox inside nspawn (systemd 252, Nix 2.8): nix-daemon runs as root of the container's
+own user namespace (tests/booted.py), which leaves Nix its user, mount, PID, network, IPC
+and UTS namespaces nested in it. Each run proves it with one build that reports what it
+sees (hostname, uid, root folder, network links).
 
 The handler that comes and goes has no F flag and a copy of qemu-riscv64 that only this
 test makes as its interpreter, so every flip adds or removes that path in the block's
-sandbox paths: a change of the test's own, also on a host whose systemd-binfmt has declared
-riscv64-linux (and every other platform) already. Every registration is named
-binfmtd-test-system-load-* and removed at teardown, also on failure.
+sandbox paths.
 """
 
 from __future__ import annotations
@@ -38,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from machine import Machine, host_registration, install_binfmtd
+from machine import install_binfmtd
 from test_service import (
     journal,
     managed_platforms,
@@ -47,6 +44,7 @@ from test_service import (
     wait_for,
 )
 
+from tests.booted import Machine
 from tests.conftest import require
 from tests.e2e.builders import FetchError, static_busybox
 
@@ -55,10 +53,10 @@ from tests.e2e.builders import FetchError, static_busybox
 ELF64_LE = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00"
 MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
 QEMU = "/usr/libexec/qemu-binfmt"
-AARCH64 = ("binfmtd-test-system-load-aarch64",
+AARCH64 = ("binfmtd-load-aarch64",
            rf"{ELF64_LE}\xb7\x00:{MASK}:{QEMU}/aarch64-binfmt-P")
 # The handler that comes and goes, without F: its interpreter is the test's own path.
-FLIPPED_ENTRY = "binfmtd-test-system-load-riscv64"
+FLIPPED_ENTRY = "binfmtd-load-riscv64"
 FLIPPED_PATH = f"/opt/{FLIPPED_ENTRY}/qemu-riscv64"
 FLIPPED = rf":{FLIPPED_ENTRY}:M::{ELF64_LE}\xf3\x00:{MASK}:{FLIPPED_PATH}:OP"
 
@@ -66,7 +64,7 @@ RESTARTS = 50
 # Four client loops at once, so that each restart meets clients in every phase: connecting,
 # evaluating, building, fetching the result. (One loop: ~160 builds, 50 across a restart.)
 LOOPS = 4
-RESTART_TIMEOUT = 10.0  # seconds from a change on the host to a new nix-daemon
+RESTART_TIMEOUT = 10.0  # seconds from a registration's change to a new nix-daemon
 BUILD_TIMEOUT = 30.0
 CONFIG = "restart-interval-seconds = 0.1\n"  # binfmtd may restart nix-daemon 10 times a second
 NIX_CONF = """\
@@ -134,7 +132,7 @@ class Build:
 
 @dataclass
 class Restart:
-    changed: float  # the host's binfmt_misc changed (time.monotonic())
+    changed: float  # binfmt_misc changed (time.monotonic())
     started: float  # the new nix-daemon started (systemd's ExecMainStartTimestampMonotonic)
 
 
@@ -148,7 +146,7 @@ def line(entry: str, rest: str) -> str:
 
 
 def build(machine: Machine, *args: str) -> subprocess.CompletedProcess[str]:
-    return machine.run([*CLIENT, "sh", "-c", BUILD, "sh", *args], check=False, quiet=True,
+    return machine.run([*CLIENT, "sh", "-c", BUILD, "sh", *args], check=False,
                        timeout=BUILD_TIMEOUT)
 
 
@@ -167,7 +165,7 @@ def build_loop(machine: Machine, loop: int, stop: threading.Event, builds: list[
 
 def nix_daemon(machine: Machine) -> dict[str, str]:
     props = "InvocationID,MainPID,ExecMainStartTimestampMonotonic,ActiveState,SubState,Result"
-    out = machine.run(["systemctl", "show", "-p", props, "nix-daemon.service"], quiet=True)
+    out = machine.run(["systemctl", "show", "-p", props, "nix-daemon.service"])
     return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
 
 
@@ -187,13 +185,16 @@ def restarted(machine: Machine, invocation: str, declared: bool) -> dict[str, st
         time.sleep(0.02)
 
 
-def flip(machine: Machine, rootfs: Path) -> list[Restart]:
+def flip(machine: Machine) -> list[Restart]:
     """Register the flipped handler, wait for the restart; remove it, wait again."""
     invocation, changed = nix_daemon(machine)["InvocationID"], time.monotonic()
-    with host_registration(rootfs, FLIPPED):
+    machine.register(FLIPPED)
+    try:
         state = restarted(machine, invocation, declared=True)
         first = Restart(changed, int(state["ExecMainStartTimestampMonotonic"]) / 1e6)
         invocation, changed = state["InvocationID"], time.monotonic()
+    finally:
+        machine.unregister(FLIPPED_ENTRY)
     state = restarted(machine, invocation, declared=False)
     return [first, Restart(changed, int(state["ExecMainStartTimestampMonotonic"]) / 1e6)]
 
@@ -226,18 +227,18 @@ def prepare(machine: Machine, deb: Path, start_limit: bool) -> None:
     except FetchError as err:
         require(False, f"no static aarch64 busybox: {err}")
         raise
-    machine.run(["sh", "-c", "cat > /etc/nix/nix.conf"], input=NIX_CONF, quiet=True)
+    machine.run(["sh", "-c", "cat > /etc/nix/nix.conf"], input=NIX_CONF)
     if not start_limit:
-        machine.run(["mkdir", "-p", str(Path(DROP_IN).parent)], quiet=True)
+        machine.run(["mkdir", "-p", str(Path(DROP_IN).parent)])
         machine.run(["sh", "-c", f"cat > {DROP_IN} && systemctl daemon-reload"],
-                    input=NO_START_LIMIT, quiet=True)
-    machine.run(["mkdir", "-p", f"{WORK}/client"], quiet=True)
-    machine.run(["touch", f"{WORK}/client/nix.conf"], quiet=True)
+                    input=NO_START_LIMIT)
+    machine.run(["mkdir", "-p", f"{WORK}/client"])
+    machine.run(["touch", f"{WORK}/client/nix.conf"])
     machine.copy_in(busybox, f"{WORK}/dir/busybox")
     own_interpreter(machine, FLIPPED_PATH, "qemu-riscv64-static")
-    machine.run(["sh", "-c", f"cat > {WORK}/default.nix"], input=DERIVATION, quiet=True)
+    machine.run(["sh", "-c", f"cat > {WORK}/default.nix"], input=DERIVATION)
     install_binfmtd(machine, deb)  # before config.toml: the .deb ships it as a conffile
-    machine.run(["sh", "-c", "cat > /etc/binfmtd/config.toml"], input=CONFIG, quiet=True)
+    machine.run(["sh", "-c", "cat > /etc/binfmtd/config.toml"], input=CONFIG)
     machine.run(["systemctl", "start", "binfmtd.service"])
     # binfmtd writes the block (aarch64-linux) and restarts the daemon booted without it.
     wait_for("binfmtd declares aarch64-linux",
@@ -249,7 +250,7 @@ def prepare(machine: Machine, deb: Path, start_limit: bool) -> None:
 def check_sandbox(machine: Machine) -> None:
     """The daemon takes its socket from systemd and really builds in a sandbox."""
     pid = nix_daemon(machine)["MainPID"]
-    env = machine.run(["sh", "-c", f"tr '\\0' '\\n' < /proc/{pid}/environ"], quiet=True)
+    env = machine.run(["sh", "-c", f"tr '\\0' '\\n' < /proc/{pid}/environ"])
     assert "LISTEN_FDS=1" in env.stdout.split(), f"nix-daemon {pid} is not socket-activated"
     result = build(machine, "--argstr", "nonce", uuid.uuid4().hex,
                    "--argstr", "script", SANDBOX_PROBE)
@@ -273,7 +274,7 @@ def report(machine: Machine, builds: list[Build], restarts: list[Restart],
     across = [b for b in builds if any(b.start < r.started < b.end for r in restarts)]
     latencies = spread([r.started - r.changed for r in restarts])
     print(f"\nrestarts: {len(restarts)} ({FLIPPED_ENTRY} registered/removed; binfmtd's journal: "
-          f"{dict(events)}) in {seconds:.1f} s; change on the host -> new nix-daemon: "
+          f"{dict(events)}) in {seconds:.1f} s; change in binfmt_misc -> new nix-daemon: "
           f"{latencies}")
     print(f"builds: {len(builds)} run, {len(builds) - len(failed)} succeeded, "
           f"{len(failed)} failed; {len(across)} ran across a restart; client start to "
@@ -284,7 +285,7 @@ def report(machine: Machine, builds: list[Build], restarts: list[Restart],
         print(f"--- failure at +{b.start - start:.2f} s:\n{b.error}")
     # systemd names each process a restart left running (KillMode=process) as it starts the
     # next daemon; a worker forked after the SIGTERM says it was interrupted.
-    log = machine.run(["journalctl", "-u", "nix-daemon", "--all", "-o", "cat"], quiet=True).stdout
+    log = machine.run(["journalctl", "-u", "nix-daemon", "--all", "-o", "cat"]).stdout
     left_over = Counter(re.findall(r"Found left-over process \d+ \((.+?)\)", log))
     print(f"processes left running across the restarts: {dict(left_over)}")
     interrupted = log.count("interrupted by the user")
@@ -298,39 +299,38 @@ def spread(seconds: list[float]) -> str:
 
 
 def test_builds_survive_50_nix_daemon_restarts(
-    binfmt_machine: Machine, debian_package: Path, rootfs: Path
+    binfmt_machine: Machine, debian_package: Path
 ) -> None:
     machine = binfmt_machine
-    with host_registration(rootfs, line(*AARCH64)):
-        prepare(machine, debian_package, start_limit=False)
-        check_sandbox(machine)
-        events_before = restart_events(machine)
+    machine.register(line(*AARCH64))
+    prepare(machine, debian_package, start_limit=False)
+    check_sandbox(machine)
+    events_before = restart_events(machine)
 
-        builds: list[Build] = []
-        restarts: list[Restart] = []
-        stop = threading.Event()
-        loops = [threading.Thread(target=build_loop, args=(machine, i, stop, builds),
-                                  daemon=True) for i in range(LOOPS)]
-        start = time.monotonic()
+    builds: list[Build] = []
+    restarts: list[Restart] = []
+    stop = threading.Event()
+    loops = [threading.Thread(target=build_loop, args=(machine, i, stop, builds),
+                              daemon=True) for i in range(LOOPS)]
+    start = time.monotonic()
+    for loop in loops:
+        loop.start()
+    try:
+        for _ in range(RESTARTS // 2):
+            restarts += flip(machine)
+        # The builds in flight at the last restart count too: wait until they ended.
+        wait_for("the builds in flight at the last restart ended",
+                 lambda: in_flight_done(builds, restarts[-1].started),
+                 timeout=BUILD_TIMEOUT + 5)
+    finally:
+        stop.set()
         for loop in loops:
-            loop.start()
-        try:
-            for _ in range(RESTARTS // 2):
-                restarts += flip(machine, rootfs)
-            # The builds in flight at the last restart count too: wait until they ended.
-            wait_for("the builds in flight at the last restart ended",
-                     lambda: in_flight_done(builds, restarts[-1].started),
-                     timeout=BUILD_TIMEOUT + 5)
-        finally:
-            stop.set()
-            for loop in loops:
-                loop.join(BUILD_TIMEOUT + 5)
-            events = restart_events(machine) - events_before
-            report(machine, builds, restarts, events, start)
+            loop.join(BUILD_TIMEOUT + 5)
+        events = restart_events(machine) - events_before
+        report(machine, builds, restarts, events, start)
 
     assert len(restarts) == RESTARTS
-    # Exactly RESTARTS unless another suite changed the host's binfmt_misc meanwhile.
-    assert events["nixdaemon.restarted"] >= RESTARTS and not events["nixdaemon.restart_failed"]
+    assert events["nixdaemon.restarted"] == RESTARTS and not events["nixdaemon.restart_failed"]
     # The target is 0 failed builds. The handshake race is nix-daemon's (see HANDSHAKE): the
     # figures above count it; any other failure is a failure of this test.
     other = [b for b in builds if b.error is not None and classify(b.error) != HANDSHAKE]
@@ -338,7 +338,7 @@ def test_builds_survive_50_nix_daemon_restarts(
 
 
 def test_quick_restarts_keep_the_nix_daemon_as_shipped_serving(
-    binfmt_machine: Machine, debian_package: Path, rootfs: Path
+    binfmt_machine: Machine, debian_package: Path
 ) -> None:
     """The same quick changes (restart-interval-seconds = 0.1), six of them, with
     nix-daemon.service's start limit as nix-setup-systemd ships it (systemd's default:
@@ -346,17 +346,17 @@ def test_quick_restarts_keep_the_nix_daemon_as_shipped_serving(
     and every client got "Connection refused"; binfmtd now reads the limit and spaces its
     restarts to stay under it."""
     machine = binfmt_machine
-    with host_registration(rootfs, line(*AARCH64)):
-        prepare(machine, debian_package, start_limit=True)
-        seen = sum(restart_events(machine).values())
-        for _ in range(3):
-            with host_registration(rootfs, FLIPPED):
-                seen = next_restart_event(machine, seen)
-            seen = next_restart_event(machine, seen)
-        result = build(machine, "--argstr", "nonce", uuid.uuid4().hex)
-        socket = machine.run(["systemctl", "show", "-p", "ActiveState,Result",
-                              "nix-daemon.socket"], quiet=True).stdout.split()
-        paced = machine.run(["journalctl", "-u", "binfmtd", "-o", "cat", "--no-pager"],
-                            quiet=True).stdout
+    machine.register(line(*AARCH64))
+    prepare(machine, debian_package, start_limit=True)
+    seen = sum(restart_events(machine).values())
+    for _ in range(3):
+        machine.register(FLIPPED)
+        seen = next_restart_event(machine, seen)
+        machine.unregister(FLIPPED_ENTRY)
+        seen = next_restart_event(machine, seen)
+    result = build(machine, "--argstr", "nonce", uuid.uuid4().hex)
+    socket = machine.run(["systemctl", "show", "-p", "ActiveState,Result",
+                          "nix-daemon.socket"]).stdout.split()
+    paced = machine.run(["journalctl", "-u", "binfmtd", "-o", "cat", "--no-pager"]).stdout
     assert result.returncode == 0, f"nix-daemon.socket {socket}:\n{result.stderr}"
     assert "restart.paced" in paced, paced

@@ -1,8 +1,8 @@
 """binfmtd.service in a booted systemd: the unit file, sd_notify, the journal, nix-daemon.
 
-The container sees the host's binfmt_misc read-only (binfmt_machine), as a service on a
-real machine sees its own; a handler registered on the host is the emulator being
-installed. Every registration made here is named binfmtd-test-system-* and removed again.
+The container has a binfmt_misc of its own (tests/booted.py: systemd in a user namespace
+of its own), empty when mounted: a handler registered there is the emulator being
+installed, and what binfmtd declares is exactly what the test registered.
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 import pytest
-from machine import TIMINGS, Machine, host_registration, install_binfmtd
+from machine import TIMINGS, install_binfmtd
 
-BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
+from tests.booted import Machine
+
 NIX_CONF = "/etc/nix/nix.conf"
 EXPOSURE_LIMIT = 2.5
-# Debian's qemu-user-static line for loongarch64, under a name only this file uses, and
-# WITHOUT the F flag, its interpreter a copy of qemu that only this test makes, in the
-# container: binfmtd must then declare that very path as a sandbox path. The path is the
-# test's own observable: on a host where systemd-binfmt registered every Debian qemu line,
-# loongarch64-linux is declared before the test begins, and stays declared after it.
-TEST_ENTRY = "binfmtd-test-system-service-loongarch64"
+# Debian's qemu-user-static line for loongarch64 WITHOUT the F flag, its interpreter a copy
+# of qemu that only this test makes: binfmtd must then declare that very path as a sandbox
+# path.
+TEST_ENTRY = "binfmtd-service-loongarch64"
 PLATFORM = "loongarch64-linux"
 INTERPRETER = f"/opt/{TEST_ENTRY}/qemu-loongarch64"
 LOONGARCH64_MAGIC_MASK = (
@@ -58,13 +57,13 @@ def wait_for(what: str, probe: Callable[[], Optional[T]], timeout: float = 3.0) 
 def show(machine: Machine, unit: str) -> dict[str, str]:
     """The properties of `unit` that these tests look at."""
     props = "ActiveState,SubState,Result,StatusText,MainPID,ExecMainStatus,NRestarts"
-    out = machine.run(["systemctl", "show", "-p", props, unit], quiet=True).stdout
+    out = machine.run(["systemctl", "show", "-p", props, unit]).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def managed(machine: Machine, key: str) -> list[str]:
     """The words of `key`'s line in the managed block of the container's nix.conf."""
-    text = machine.run(["cat", NIX_CONF], quiet=True).stdout
+    text = machine.run(["cat", NIX_CONF]).stdout
     block = re.search(r"# BEGIN binfmtd managed block.*?# END binfmtd managed block", text, re.S)
     line = re.search(rf"^{re.escape(key)} = (.*)$", block.group(0), re.M) if block else None
     return line.group(1).split() if line else []
@@ -83,21 +82,21 @@ def sandbox_paths(machine: Machine) -> list[str]:
 def own_interpreter(machine: Machine, path: str, emulator: str) -> str:
     """Copy the tree's static `emulator` to `path` in the container, a file that no
     handler but the test's own can name; return `path`."""
-    machine.run(["mkdir", "-p", str(Path(path).parent)], quiet=True)
-    machine.run(["cp", f"/usr/bin/{emulator}", path], quiet=True)
+    machine.run(["mkdir", "-p", str(Path(path).parent)])
+    machine.run(["cp", f"/usr/bin/{emulator}", path])
     return path
 
 
 def handler(machine: Machine, name: str) -> Optional[dict[str, object]]:
     """The handler `name` as `binfmtd status --json` in the container reports it."""
-    shown = machine.run(["binfmtd", "status", "--json"], check=False, quiet=True)
+    shown = machine.run(["binfmtd", "status", "--json"], check=False)
     assert shown.returncode in (0, 1), shown.stderr
     found = [h for h in json.loads(shown.stdout)["handlers"] if h["name"] == name]
     return found[0] if found else None
 
 
 def journal(machine: Machine) -> list[dict[str, object]]:
-    out = machine.run(["journalctl", "-u", "binfmtd", "-o", "json", "--no-pager"], quiet=True)
+    out = machine.run(["journalctl", "-u", "binfmtd", "-o", "json", "--no-pager"])
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
@@ -115,8 +114,7 @@ def emulated(status: str) -> Optional[list[str]]:
     """The platforms binfmtd's StatusText names, None when it does not read as binfmtd's.
 
     "nothing emulated" or "2 emulated: a-linux b-linux", maybe followed by "; nix-daemon
-    restart pending" and the like. Other suites' registrations on the host may add
-    platforms at any time, so tests look for theirs, never at the whole list.
+    restart pending" and the like.
     """
     first = status.split("; ")[0]
     if first == "nothing emulated":
@@ -138,10 +136,9 @@ def new_nix_daemon(machine: Machine, old_pid: int) -> Optional[int]:
 
 @pytest.fixture
 def installed(binfmt_machine: Machine, debian_package: Path) -> Machine:
-    """binfmtd installed from its .deb, with CONFIG; not running."""
+    """binfmtd installed from its .deb, with CONFIG; not running; binfmt_misc empty."""
     install_binfmtd(binfmt_machine, debian_package)
-    binfmt_machine.run(["mkdir", "-p", "/etc/binfmtd"], quiet=True)
-    binfmt_machine.run(["sh", "-c", "cat > /etc/binfmtd/config.toml"], input=CONFIG, quiet=True)
+    binfmt_machine.write_text("/etc/binfmtd/config.toml", CONFIG)
     return binfmt_machine
 
 
@@ -173,13 +170,15 @@ def test_security_exposure(installed: Machine) -> None:
     assert score <= EXPOSURE_LIMIT, result.stdout
 
 
-def test_enable_now_reaches_active_and_says_what_is_emulated(service: Machine) -> None:
-    props = show(service, "binfmtd.service")
+def test_enable_now_reaches_active_and_says_what_is_emulated(installed: Machine) -> None:
+    installed.register(installed.read_text("/usr/lib/binfmt.d/qemu-aarch64.conf").strip())
+    installed.run(["systemctl", "enable", "--now", "binfmtd.service"])
+    props = show(installed, "binfmtd.service")
     assert (props["ActiveState"], props["SubState"]) == ("active", "running"), props
     status = props["StatusText"]
-    assert emulated(status) is not None, props
+    assert emulated(status) == ["aarch64-linux"], props
     assert "waiting for binfmt_misc" not in status and "error" not in status, props
-    enabled = service.run(["systemctl", "is-enabled", "binfmtd.service"]).stdout.strip()
+    enabled = installed.run(["systemctl", "is-enabled", "binfmtd.service"]).stdout.strip()
     assert enabled == "enabled"
 
 
@@ -192,36 +191,31 @@ def test_binfmt_misc_mounted_after_start_is_seen(machine: Machine,
     machine.run(["systemctl", "start", "binfmtd.service"])
     status = show(machine, "binfmtd.service")["StatusText"]
     assert "waiting for binfmt_misc to be mounted" in status, status
-    # Read-only: the container's binfmt_misc is the host's.
-    mount = ["mount", "-t", "binfmt_misc", "-o", "ro", "binfmt_misc", str(BINFMT_MISC)]
-    machine.run(mount)
+    machine.mount_binfmt_misc()  # the container's own
 
     def status_once_mounted() -> Optional[str]:
         status = show(machine, "binfmtd.service")["StatusText"]
         return None if "waiting for binfmt_misc" in status else status
 
     seen = wait_for("binfmtd sees binfmt_misc mounted after it started", status_once_mounted)
-    assert emulated(seen) is not None, seen
+    assert emulated(seen) == [], seen
     assert journal_event(machine, "binfmt_misc.mounted") is not None, seen
 
 
-def test_registration_updates_nix_conf_and_restarts_nix_daemon(
-    service: Machine, rootfs: Path
-) -> None:
-    """A registration on the host reaches nix.conf, nix-daemon and the status; its removal
-    takes it out again. Asserted on the test's own handler and sandbox path only."""
+def test_registration_updates_nix_conf_and_restarts_nix_daemon(service: Machine) -> None:
+    """A registration in binfmt_misc reaches nix.conf, nix-daemon and the status; its
+    removal takes it out again."""
     own_interpreter(service, INTERPRETER, "qemu-loongarch64-static")
-    assert INTERPRETER not in sandbox_paths(service)  # the positive control is below
-    assert handler(service, TEST_ENTRY) is None
+    assert sandbox_paths(service) == [] and managed_platforms(service) == []  # control below
+    assert emulated(show(service, "binfmtd.service")["StatusText"]) == []
     first_pid = main_pid(service, "nix-daemon.service")
     assert first_pid != 0
 
-    with host_registration(rootfs, LOONGARCH64_LINE):
+    name = service.register(LOONGARCH64_LINE)
+    try:
         wait_for(f"{INTERPRETER} in nix.conf after registration",
                  lambda: INTERPRETER in sandbox_paths(service) or None)
-        assert PLATFORM in managed_platforms(service)
-        # Paced like the removal's below: on a host whose own handlers made binfmtd
-        # restart nix-daemon as it started, this restart waits out systemd's start limit.
+        assert (managed_platforms(service), sandbox_paths(service)) == ([PLATFORM], [INTERPRETER])
         second_pid = wait_for(
             "nix-daemon restarted after registration", lambda: new_nix_daemon(service, first_pid),
             timeout=6)
@@ -230,7 +224,7 @@ def test_registration_updates_nix_conf_and_restarts_nix_daemon(
         assert (shown["platform"], shown["interpreter"], shown["problems"]) == (
             PLATFORM, INTERPRETER, []), shown
         status = show(service, "binfmtd.service")["StatusText"]
-        assert PLATFORM in (emulated(status) or []), status
+        assert emulated(status) == [PLATFORM], status
         written = wait_for(
             f"journal entry nixconf.written with {INTERPRETER}",
             lambda: journal_event(service, "nixconf.written", SANDBOX_PATHS=INTERPRETER),
@@ -238,6 +232,8 @@ def test_registration_updates_nix_conf_and_restarts_nix_daemon(
         assert PLATFORM in str(written["PLATFORMS"]), written
         assert written["PATH"] == NIX_CONF and written["SYSLOG_IDENTIFIER"] == "binfmtd"
         assert written["_SYSTEMD_UNIT"] == "binfmtd.service", written
+    finally:
+        service.unregister(name)
 
     wait_for(f"{INTERPRETER} out of nix.conf after removal",
              lambda: INTERPRETER not in sandbox_paths(service) or None)
@@ -245,8 +241,9 @@ def test_registration_updates_nix_conf_and_restarts_nix_daemon(
     wait_for("nix-daemon restarted after removal", lambda: new_nix_daemon(service, second_pid),
              timeout=6)
     assert handler(service, TEST_ENTRY) is None
+    assert managed_platforms(service) == []
     props = show(service, "binfmtd.service")
-    assert emulated(props["StatusText"]) is not None, props
+    assert emulated(props["StatusText"]) == [], props
     assert (props["ActiveState"], props["NRestarts"]) == ("active", "0"), props
 
 
