@@ -1,10 +1,13 @@
-"""Build and cache the Debian 12 tree that the system tests boot with systemd-nspawn.
+"""Build and cache the Debian 12 tree that the packaging tier installs the .deb into.
 
-Why a cached tree: debootstrap takes a minute or more, booting it takes under a second.
+(The system tier boots tests/booted.py's trees instead; this one stays for tests/packaging,
+which mounts it under an overlay in a private namespace.)
+
+Why a cached tree: debootstrap takes a minute or more, using it takes under a second.
 The tree is built once per machine and reused until the package set changes (a stamp
 file inside the tree lists it). It is built in a temporary folder beside the cache and
 renamed into place only when complete, so an interrupted build is never booted.
-Tests never write to it: machine.py boots it with an overlay.
+Tests never write to it: they see it through an overlay.
 
 Run this file directly to (re)build the tree without pytest: `python3 tests/system/rootfs.py`.
 """
