@@ -101,9 +101,14 @@ def binfmt_machine(machine: Machine) -> Machine:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print every measured step, so timings show without `-s`."""
+    """Print each measured step once, so timings show without `-s`: the slowest of its
+    runs, and how many there were."""
     if not TIMINGS:
         return
     terminalreporter.section("system test timings")
+    runs: dict[str, list[float]] = {}
     for label, seconds in TIMINGS:
-        terminalreporter.write_line(f"{seconds:8.3f} s  {label}")
+        runs.setdefault(label, []).append(seconds)
+    for label, times in runs.items():
+        count = f" (slowest of {len(times)})" if len(times) > 1 else ""
+        terminalreporter.write_line(f"{max(times):8.3f} s  {label}{count}")
