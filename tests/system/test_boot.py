@@ -18,6 +18,7 @@ from test_service import handler, managed_platforms, sandbox_paths, wait_for
 
 from tests.booted import Machine
 
+BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
 HELLO = b"hello from aarch64\n"
 HELLO_PATH = "/usr/local/bin/hello-aarch64"
 # execv directly: env and shells fall back to running the file as a shell script.
@@ -45,16 +46,26 @@ def condition_result(machine: Machine, unit: str) -> str:
     return machine.run(["systemctl", "show", "-p", "ConditionResult", "--value", unit]).stdout
 
 
+def is_mounted(machine: Machine) -> bool:
+    return machine.run(["mountpoint", "-q", BINFMT_MISC], check=False).returncode == 0
+
+
 def test_systemd_does_not_mount_binfmt_misc_at_boot_by_itself(machine: Machine) -> None:
     """Measured (systemd 252 in its own user namespace): the automount is skipped,
     "ConditionPathIsReadWrite=/proc/sys was not met" (nspawn mounts /proc/sys read-only),
     so systemd-binfmt is skipped too: "ConditionPathIsMountPoint=/proc/sys/fs/binfmt_misc".
-    test_binfmt_d_lines_are_registered_at_boot is the same boot with the mount unit wanted."""
+    The mount unit itself has no such condition: started, it mounts the container's own,
+    and systemd-binfmt then registers the tree's lines (the control for the skip)."""
     automount = machine.run(["systemctl", "status", "proc-sys-fs-binfmt_misc.automount"],
                             check=False).stdout
     assert "ConditionPathIsReadWrite=/proc/sys was not met" in automount, automount
     assert condition_result(machine, "systemd-binfmt.service").strip() == "no"
-    assert machine.run(["mountpoint", "-q", "/proc/sys/fs/binfmt_misc"], check=False).returncode
+    assert not is_mounted(machine)
+
+    machine.run(["systemctl", "start", "proc-sys-fs-binfmt_misc.mount"])
+    machine.run(["systemctl", "restart", "systemd-binfmt.service"])
+    assert condition_result(machine, "systemd-binfmt.service").strip() == "yes"
+    assert is_mounted(machine) and "qemu-aarch64" in machine.binfmt_entries()
 
 
 def test_nix_daemon_socket_is_active(machine: Machine) -> None:
@@ -85,7 +96,7 @@ def test_the_deb_installs_an_enabled_service_in_a_booted_debian(
     machine.run(["systemctl", "start", "binfmtd.service"])
     active = machine.run(["systemctl", "is-active", "binfmtd.service"]).stdout.strip()
     assert active == "active"
-    assert machine.binfmt_entries() == []  # mounted by the unit's Wants=, the container's own
+    assert is_mounted(machine) and machine.binfmt_entries() == []  # by its Wants=, its own
     machine.run(["dpkg", "-r", "binfmtd"])
     gone = machine.run(["systemctl", "is-active", "binfmtd.service"], check=False)
     assert gone.stdout.strip() in ("inactive", "unknown")
@@ -164,7 +175,7 @@ def test_binfmt_d_lines_are_registered_at_boot(
         entries = machine.binfmt_entries()
         assert BOOT_ENTRY in entries and "qemu-aarch64" in entries, entries
         assert f"interpreter {BOOT_INTERPRETER}\n" in machine.read_text(
-            f"/proc/sys/fs/binfmt_misc/{BOOT_ENTRY}")
+            f"{BINFMT_MISC}/{BOOT_ENTRY}")
         assert BOOT_INTERPRETER not in sandbox_paths(machine)  # the control is below
 
         install_binfmtd(machine, debian_package)
