@@ -11,39 +11,22 @@ tests silently stopped testing anything, which must turn the run red.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
-from machine import TIMINGS
+from machine import TIMINGS, booted, unavailable
 
-from tests.booted import (
-    BootFailed,
-    CommandFailed,
-    Machine,
-    Unavailable,
-    boot,
-    debian_tree,
-    is_built,
-)
-from tests.conftest import require
+from tests.booted import CommandFailed, Machine, Unavailable, debian_tree, is_built
 from tests.matrix.generations import GENERATIONS
 
 # The matrix's bookworm tree and man-db: `systemd-analyze verify` runs `man binfmtd(8)` for
 # the unit's Documentation= and fails without man ("Command 'man binfmtd(8)' failed").
 BOOKWORM = next(g for g in GENERATIONS if g.suite == "bookworm")
 PACKAGES = (*BOOKWORM.packages, "man-db")
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip outside CI; in CI (CI=true) fail with the reason, without a traceback."""
-    require(False, f"system test infrastructure unavailable: {reason}")
-    raise AssertionError("require() raises")
 
 
 @pytest.fixture(scope="session")
@@ -62,19 +45,6 @@ def tree() -> Path:
         unavailable(f"cannot build the Debian tree: {error}")
     TIMINGS.append(("tree (cached)" if cached else "tree build", time.monotonic() - start))
     return built
-
-
-@contextlib.contextmanager
-def booted(tree: Path, binds_ro: dict[str, str] | None = None) -> Iterator[Machine]:
-    """A container booted from `tree` (an overlay over it), powered off afterwards."""
-    start = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        try:
-            machine = stack.enter_context(boot(tree, binds_ro=binds_ro))
-        except BootFailed as error:
-            unavailable(f"systemd-nspawn cannot boot {tree}: {error}")
-        TIMINGS.append(("boot", time.monotonic() - start))
-        yield machine
 
 
 def own_binfmt_misc(machine: Machine) -> Machine:
