@@ -37,16 +37,11 @@ import pytest
 from tests.booted import Machine, Unavailable, boot, debian_tree
 from tests.conftest import require
 from tests.e2e.nixtest import DAEMON_CONF  # sandbox = true, sandbox-fallback = false
+from tests.matrix.generations import BOOKWORM
 from tests.packaging.test_ansible import ROLES
 
 BUSYBOX = Path("/var/cache/binfmtd-tests/busybox")  # {arm64,riscv64}/busybox, static
-PACKAGES = (
-    "systemd", "systemd-sysv", "dbus",
-    "libdbi-perl",  # without it nix-bin does not configure (../shared/FACTS.md)
-    "nix-bin", "nix-setup-systemd",
-    "python3", "python3-psutil", "python3-structlog", "python3-systemd", "procps",
-    "qemu-user-static", "openssh-server",
-)
+PACKAGES = BOOKWORM.packages  # the matrix's bookworm tree: systemd, Nix, qemu, sshd
 BUILDER_IP, CLIENT_IP = "10.77.0.1", "10.77.0.2"
 USER = "alice"
 NIX_KEY = "/root/.ssh/farm_builder"  # the client's nix-daemon's key for the builder

@@ -35,12 +35,17 @@ class Generation(NamedTuple):
 
 
 GENERATIONS = (
-    # bookworm's qemu-user-static ships /usr/lib/binfmt.d/qemu-aarch64.conf.
-    Generation("bookworm", "2.8.0", (*COMMON, "qemu-user-static")),
+    # bookworm's qemu-user-static ships /usr/lib/binfmt.d/qemu-aarch64.conf. Its tree is
+    # also the system, packaging and farm tiers' (BOOKWORM below): one tree for a fresh
+    # machine to build, not four. man-db: `systemd-analyze verify` and `man -w` read the
+    # unit's man page; openssh-server: the farm's builder.
+    Generation("bookworm", "2.8.0", (*COMMON, "qemu-user-static", "man-db", "openssh-server")),
     # From trixie on the binfmt.d lines come with qemu-user-binfmt.
     Generation("trixie", "2.26.3", (*COMMON, "qemu-user", "qemu-user-binfmt")),
     Generation("sid", "2.34.8", (*COMMON, "qemu-user", "qemu-user-binfmt")),
 )
+
+BOOKWORM = GENERATIONS[0]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The packaging tier leaves this host as it found it, by construction and by check.
 
-The .deb is installed into the cached Debian 12 tree of tests/system, through an overlay
+The .deb is installed into the cached Debian 12 tree (tests/matrix/generations.py's
+BOOKWORM, the tree of the matrix, system and farm tiers too), through an overlay
 that exists only in the test's private namespace (tests/private_binfmt.py): its writes go
 to a tmpfs, its binfmt_misc is the namespace's own, and all of it ends with the namespace.
 Nothing is installed on the host, so no policy-rc.d is needed here and no binfmtd.service
@@ -19,9 +20,11 @@ from typing import Optional
 
 import pytest
 
+from tests.booted import Unavailable
+from tests.booted import debian_tree as cached_debian_tree
 from tests.conftest import require
+from tests.matrix.generations import BOOKWORM
 from tests.private_binfmt import PrivateBinfmt
-from tests.system import rootfs
 from tests.system.hostguard import host_kept
 
 TREE_ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=/root")
@@ -119,11 +122,10 @@ def debian_tree(real_binfmt: PrivateBinfmt, tmp_path: Path) -> DebianTree:
     """
     require(Path("/etc/debian_version").exists(), "the Debian tree is built on Debian only")
     try:
-        rootfs.ensure_host_tools()
-        rootfs.build()
-    except (rootfs.Unavailable, OSError) as err:
+        tree = cached_debian_tree(BOOKWORM.suite, BOOKWORM.packages)
+    except Unavailable as err:
         require(False, f"cannot build the Debian tree: {err}")
     scratch = tmp_path / "debian-tree"
     scratch.mkdir()
-    _mount(real_binfmt, rootfs.TREE, scratch)
+    _mount(real_binfmt, tree, scratch)
     return DebianTree(real_binfmt, scratch / "root")

@@ -66,7 +66,7 @@ def deb(debian_package: Path) -> Path:
 @pytest.fixture
 def package(deb: Path, debian_tree: DebianTree) -> DebianTree:
     """A fresh Debian tree with the package installed by `dpkg -i` (its Depends are in
-    the tree: tests/system/rootfs.py)."""
+    the tree: tests/matrix/generations.py)."""
     assert not installed(debian_tree)
     debian_tree.copy_in(deb, DEB)
     done = debian_tree.run("dpkg", "-i", DEB)
@@ -163,7 +163,7 @@ def test_the_default_config_is_a_conffile_that_shows_every_default(package: Debi
 
 
 def test_the_man_page_is_installed(package: DebianTree) -> None:
-    found = package.run("man", "-w", "binfmtd")  # man-db is in the tree (tests/system/rootfs.py)
+    found = package.run("man", "-w", "binfmtd")  # man-db is in the tree (BOOKWORM)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == MAN_PAGE
 

@@ -21,12 +21,11 @@ import pytest
 from machine import TIMINGS, booted, unavailable
 
 from tests.booted import CommandFailed, Machine, Unavailable, debian_tree, is_built
-from tests.matrix.generations import GENERATIONS
+from tests.matrix.generations import BOOKWORM
 
-# The matrix's bookworm tree and man-db: `systemd-analyze verify` runs `man binfmtd(8)` for
-# the unit's Documentation= and fails without man ("Command 'man binfmtd(8)' failed").
-BOOKWORM = next(g for g in GENERATIONS if g.suite == "bookworm")
-PACKAGES = (*BOOKWORM.packages, "man-db")
+# The matrix's bookworm tree, which has man-db: `systemd-analyze verify` runs
+# `man binfmtd(8)` for the unit's Documentation= and fails without it.
+PACKAGES = BOOKWORM.packages
 
 
 @pytest.fixture(scope="session")
