@@ -45,6 +45,9 @@ FUZZ = "tests/unit/test_entry_fuzz.py"
 RULES = "binfmtd/rules.py"
 FOREIGN_TESTS = "tests/cli/test_foreign_conf.py"
 RULES_TESTS = "tests/unit/test_daemon_rules.py"
+PROC = "binfmtd/proc.py"
+PROC_TESTS = "tests/unit/test_proc.py"
+EARLY_TESTS = "tests/cli/test_cli.py::test_a_reading_started_for_another_file_is_not_used"
 RUN_TIMEOUT = 1800
 
 
@@ -100,6 +103,19 @@ MUTANTS: tuple[Mutant, ...] = (
            "daemon: no restart rate limit", RULES_TESTS),
     Mutant(RULES, "self._restart_at = now + delay", "self._restart_at = now",
            "daemon: no back-off", RULES_TESTS),
+    # The one way to run a program (binfmtd/proc.py, on posix_spawn).
+    Mutant(PROC, "                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),\n", "",
+           "proc: the program keeps Python's ignored SIGPIPE", PROC_TESTS),
+    Mutant(PROC, "        _close_on_exec_beyond_three()\n", "",
+           "proc: a descriptor handed to binfmtd reaches the program", PROC_TESTS),
+    Mutant(PROC, "            self._open.clear()\n            self._reap()\n",
+           "            self._open.clear()\n",
+           "proc: stop leaves the program unreaped", PROC_TESTS),
+    # status asks Nix before parsing its command line, on a guess (binfmtd/status.py).
+    Mutant("binfmtd/status.py",
+           '    if early is not None and Path(early.conf_dir, "nix.conf") == host.nix_conf:\n',
+           "    if early is not None:\n",
+           "status: Nix's early reading used whatever file it read", EARLY_TESTS),
 )
 
 
