@@ -115,6 +115,39 @@ def debian_package() -> Path:
     return path
 
 
+# --- the cached Debian trees, built in the background from the start of a run ---------
+
+TREE_TIERS = {"packaging": ("bookworm",), "system": ("bookworm",), "farm": ("bookworm",),
+              "matrix": ("bookworm", "trixie", "sid")}
+_tree_builder: list[subprocess.Popen[bytes]] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On a fresh machine the booted tiers' trees take minutes of debootstrap: start
+    building the ones this run needs at once (tests/matrix/generations.py), so that they
+    overlap the tiers that need none. A test that needs a tree still asks for it (the
+    tree's lock makes it wait for this build, or build it itself if this one failed)."""
+    from tests.booted import is_built
+    from tests.matrix.generations import GENERATIONS
+
+    tiers = {Path(item.fspath).relative_to(REPO).parts[1] for item in session.items
+             if Path(item.fspath).is_relative_to(REPO / "tests")}
+    suites = {suite for tier in tiers for suite in TREE_TIERS.get(tier, ())}
+    missing = sorted(g.suite for g in GENERATIONS
+                     if g.suite in suites and not is_built(g.suite, g.packages))
+    if missing and os.geteuid() == 0 and not session.config.option.collectonly:
+        _tree_builder.append(subprocess.Popen(
+            [sys.executable, "-m", "tests.matrix.generations", *missing], cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A run that ended before it needed the trees waits for their build to end rather
+    than kill debootstrap half-way, with its mounts inside the half-built tree."""
+    for builder in _tree_builder:
+        builder.wait()
+
+
 # --- wall time of each tier, in the terminal summary ----------------------------------
 
 

@@ -1,12 +1,16 @@
 """The Debian generations the matrix tier proves binfmtd in, and what each tree holds.
 
-Run this file to build (or find) every tree without pytest and print how long each took:
-`.venv/bin/python -m tests.matrix.generations`.
+Run this file to build (or find) the trees without pytest, all at once, and print how long
+each took: `.venv/bin/python -m tests.matrix.generations [SUITE...]` (default: every one).
+The test run itself starts it in the background (tests/conftest.py), so that a fresh
+machine's debootstraps overlap the tiers that need no tree.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 from tests.booted import debian_tree, is_built
@@ -48,10 +52,16 @@ GENERATIONS = (
 BOOKWORM = GENERATIONS[0]
 
 
+def build(generation: Generation) -> str:
+    cached = is_built(generation.suite, generation.packages)
+    start = time.monotonic()
+    path = debian_tree(generation.suite, generation.packages)
+    return (f"{generation.suite}: {path} {'cached' if cached else 'built'} "
+            f"in {time.monotonic() - start:.1f} s")
+
+
 if __name__ == "__main__":
-    for generation in GENERATIONS:
-        cached = is_built(generation.suite, generation.packages)
-        start = time.monotonic()
-        path = debian_tree(generation.suite, generation.packages)
-        print(f"{generation.suite}: {path} {'cached' if cached else 'built'} "
-              f"in {time.monotonic() - start:.1f} s", flush=True)
+    wanted = [g for g in GENERATIONS if g.suite in sys.argv[1:] or len(sys.argv) == 1]
+    with ThreadPoolExecutor(len(wanted) or 1) as pool:  # debootstrap mostly waits on I/O
+        for said in pool.map(build, wanted):
+            print(said, flush=True)
