@@ -184,20 +184,21 @@ def _from_env(name: str, default: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
-    early = _ask_nix_first(words)
+    command = command_in(words)
+    early = _ask_nix_first(words) if command == "status" else None
     try:
-        return _run(words, early)
+        return _run(words, command, early)
     finally:
         if early is not None:
             early.close()
 
 
 def _ask_nix_first(words: Sequence[str]) -> Optional[NixReading]:
-    """For `status`, Nix's reading of the nix.conf it will most likely be asked about,
+    """`status`: Nix's reading of the nix.conf it will most likely be asked about,
     started before the command line is parsed, so that Nix's ~30 ms run beside binfmtd's
     own start-up. A guess: status.ask_nix uses it only for the very file the command
     line names. Not started where an option that starts like --nix-conf is given."""
-    if command_in(words) != "status" or any(word.startswith("--n") for word in words):
+    if any(word.startswith("--n") for word in words):
         return None
     from .nixtool import read_in_place
 
@@ -207,10 +208,10 @@ def _ask_nix_first(words: Sequence[str]) -> Optional[NixReading]:
         return None
 
 
-def _run(words: Sequence[str], early: Optional[NixReading]) -> int:
+def _run(words: Sequence[str], command: Optional[str], early: Optional[NixReading]) -> int:
     from .config import read_config
 
-    args = build_parser(command_in(words)).parse_args(words)
+    args = build_parser(command).parse_args(words)
     try:
         host = host_from(args)
         config = read_config(host.config, required=host.config_required)
