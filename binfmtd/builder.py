@@ -74,6 +74,14 @@ def builder_line(host_system: str, declared: Sequence[str], effective: Mapping[s
     )
 
 
+def read_builder_line(host_system: str, declared: Sequence[str], effective: Mapping[str, str],
+                      options: Optional[BuilderOptions] = None) -> BuilderLine:
+    """This machine's line: builder_line with its own host key and name (None: the
+    defaults)."""
+    return builder_line(host_system, declared, effective, options or BuilderOptions(),
+                        read_host_key(), hostname())
+
+
 def _max_jobs(setting: str) -> int:
     """Nix's max-jobs: a number, or `auto` for one job per core."""
     return int(setting) if setting.isdigit() and int(setting) > 0 else (os.cpu_count() or 1)

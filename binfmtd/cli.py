@@ -357,7 +357,7 @@ def cmd_doctor(args: argparse.Namespace, host: Host, config: Config) -> int:
 
 
 def cmd_builder_line(args: argparse.Namespace, host: Host, config: Config) -> int:
-    from .builder import BuilderOptions, builder_line, hostname, read_host_key
+    from .builder import BuilderOptions, read_builder_line
     from .nixtool import read_install_hint
     from .status import ask_nix
 
@@ -371,8 +371,7 @@ def cmd_builder_line(args: argparse.Namespace, host: Host, config: Config) -> in
     options = BuilderOptions(uri=args.uri, ssh_key=args.ssh_key, max_jobs=args.jobs,
                              speed_factor=args.speed,
                              mandatory_features=tuple(args.mandatory_feature))
-    line = builder_line(host.system, declared, reading.result(), options, read_host_key(),
-                        hostname())
+    line = read_builder_line(host.system, declared, reading.result(), options)
     if args.json:
         print_json(line.to_json())
     else:

@@ -93,10 +93,9 @@ def _builder(host: Host, planned: Plan, effective: Optional[dict[str, str]]
     """This machine's machines-file line with the defaults, where Nix could be asked."""
     if effective is None:
         return None
-    from .builder import BuilderOptions, builder_line, hostname, read_host_key
+    from .builder import read_builder_line
 
-    return builder_line(host.system, planned.declared_platforms, effective, BuilderOptions(),
-                        read_host_key(), hostname())
+    return read_builder_line(host.system, planned.declared_platforms, effective)
 
 
 def _last_change(world: World) -> Optional[float]:
