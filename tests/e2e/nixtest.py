@@ -34,8 +34,8 @@ NOBODY = 65534
 SO_ACCEPTCON = 0x10000  # /proc/net/unix: the socket listens
 
 DAEMON_CONF = """\
-# The test nix-daemon's whole configuration (tests/e2e). Nothing here about platforms:
-# that is for the test, or binfmtd, to add.
+# The test nix-daemon's whole configuration (tests/e2e, and the booted matrix, system and
+# farm tiers). Nothing here about platforms: that is for the test, or binfmtd, to add.
 build-users-group = nixbld
 # Without these two a sandbox that fails to set up builds unsandboxed, proving nothing.
 sandbox = true

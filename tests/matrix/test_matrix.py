@@ -35,6 +35,7 @@ import pytest
 
 from tests.booted import Machine, Unavailable, boot, debian_tree
 from tests.conftest import require
+from tests.e2e.nixtest import DAEMON_CONF  # sandbox = true, sandbox-fallback = false
 from tests.matrix.generations import GENERATIONS, Generation
 
 BUSYBOX = Path("/var/cache/binfmtd-tests/busybox/arm64/busybox")  # Debian's static arm64 one
@@ -48,15 +49,6 @@ BUILD_TIMEOUT = 180.0
 NO_AARCH64 = re.compile(r"a 'aarch64-linux' with features \{\} is required"
                         r"|Required system: 'aarch64-linux'")
 
-NIX_CONF = """\
-# The daemon's whole configuration in the matrix tier. Without sandbox-fallback = false a
-# sandbox that fails to set up would build unsandboxed and prove nothing.
-build-users-group = nixbld
-sandbox = true
-sandbox-fallback = false
-# No network: never ask a binary cache.
-substituters =
-"""
 DETERMINATE_INCLUDE = "!include nix.custom.conf\n"
 CUSTOM_CONF = "# Written by Determinate's installer: settings of your own go here.\n"
 
@@ -113,7 +105,7 @@ def _tree(generation: Generation) -> Path:
 
 def _lay_out_nix(machine: Machine, layout: str) -> str:
     """Arrange Nix as `layout`'s installer does; return the file binfmtd must write."""
-    machine.write_text("/etc/nix/nix.conf", NIX_CONF)
+    machine.write_text("/etc/nix/nix.conf", DAEMON_CONF)
     conf = "/etc/nix/nix.conf"
     if layout == "upstream":
         machine.run(["sh", "-ec", f"""
@@ -128,7 +120,7 @@ def _lay_out_nix(machine: Machine, layout: str) -> str:
             f"[Service]\nExecStart=\nExecStart=@{PROFILE_BIN}/nix-daemon nix-daemon --daemon\n")
         machine.run(["systemctl", "daemon-reload"])
     elif layout == "determinate":
-        machine.write_text("/etc/nix/nix.conf", NIX_CONF + DETERMINATE_INCLUDE)
+        machine.write_text("/etc/nix/nix.conf", DAEMON_CONF + DETERMINATE_INCLUDE)
         machine.write_text("/etc/nix/nix.custom.conf", CUSTOM_CONF)
         conf = "/etc/nix/nix.custom.conf"
     machine.run(["systemctl", "try-restart", "nix-daemon.service"])

@@ -47,6 +47,7 @@ from test_service import (
 from tests.booted import Machine
 from tests.conftest import require
 from tests.e2e.builders import FetchError, static_busybox
+from tests.e2e.nixtest import DAEMON_CONF  # sandbox = true, sandbox-fallback = false
 
 # Debian's qemu-user-static line for aarch64 with flag F only: the kernel keeps the emulator
 # it opened at registration, so the sandbox needs no path for it.
@@ -67,14 +68,6 @@ LOOPS = 4
 RESTART_TIMEOUT = 10.0  # seconds from a registration's change to a new nix-daemon
 BUILD_TIMEOUT = 30.0
 CONFIG = "restart-interval-seconds = 0.1\n"  # binfmtd may restart nix-daemon 10 times a second
-NIX_CONF = """\
-build-users-group = nixbld
-# Without these two a sandbox that fails to set up builds unsandboxed, proving nothing.
-sandbox = true
-sandbox-fallback = false
-# No network here: never ask a binary cache.
-substituters =
-"""
 # systemd's default start limit (5 starts in 10 s) fails nix-daemon.service at the 5th
 # quick start, and nix-daemon.socket with it ("service-start-limit-hit"): from then on
 # every client gets "Connection refused", and try-restart of the failed unit does nothing
@@ -227,7 +220,7 @@ def prepare(machine: Machine, deb: Path, start_limit: bool) -> None:
     except FetchError as err:
         require(False, f"no static aarch64 busybox: {err}")
         raise
-    machine.run(["sh", "-c", "cat > /etc/nix/nix.conf"], input=NIX_CONF)
+    machine.run(["sh", "-c", "cat > /etc/nix/nix.conf"], input=DAEMON_CONF)
     if not start_limit:
         machine.run(["mkdir", "-p", str(Path(DROP_IN).parent)])
         machine.run(["sh", "-c", f"cat > {DROP_IN} && systemctl daemon-reload"],
