@@ -118,17 +118,22 @@ def netns() -> Iterator[str]:
 def _sshd(machine: Machine, address: str, authorized: str) -> None:
     """sshd on `address` only, host keys of its own, `authorized` may log in as root.
 
-    Both containers share one network namespace: the sshd the first one booted listens on
-    0.0.0.0:22 and the second one's fails at boot, until each listens on its own address
-    (the builder's first).
+    Both containers share one network namespace: whichever sshd started first at boot
+    listens on 0.0.0.0:22 and the other's fails, so both are stopped (`_stop_sshd`) before
+    either listens on its own address.
     """
     machine.run(["sh", "-ec", "rm -f /etc/ssh/ssh_host_*; ssh-keygen -A -q"])
     machine.write_text("/etc/ssh/sshd_config.d/farm.conf",
                        f"ListenAddress {address}\nPermitRootLogin prohibit-password\n")
     machine.run(["sh", "-c", 'mkdir -p -m 700 /root/.ssh && cat >> /root/.ssh/authorized_keys'],
                 input=authorized)
-    machine.run(["systemctl", "reset-failed", "ssh.service"])  # its failed starts at boot
     machine.run(["systemctl", "restart", "ssh.service"])
+
+
+def _stop_sshd(machine: Machine) -> None:
+    """No sshd on 0.0.0.0:22, whichever container's won the race at boot."""
+    machine.run(["systemctl", "stop", "ssh.service"])
+    machine.run(["systemctl", "reset-failed", "ssh.service"])  # its failed starts at boot
 
 
 def _setup_builder(builder: Machine, nix_pub: str) -> None:
@@ -186,6 +191,8 @@ def farm(netns: str, debian_package: Path, ansible_venv: Path,
               name="binfmtd-farm-builder") as builder, \
             boot(tree, binds_ro=binds, network_namespace=path,
                  name="binfmtd-farm-client") as client:
+        for machine in (builder, client):
+            _stop_sshd(machine)
         _sshd(builder, BUILDER_IP, ansible_pub)
         _sshd(client, CLIENT_IP, ansible_pub)
         _setup_builder(builder, _setup_client(client))
