@@ -1,15 +1,17 @@
 """Edit nix.conf: find, render and replace binfmtd's managed block, and nothing else.
 
-The block is always the last thing in the file and carries its own leading newline,
-so that taking it out restores the bytes before it exactly, including whether the
-file ended with a newline:
+binfmtd writes its block at the end of the file, after a newline of its own, so that
+taking it out restores the bytes before it exactly, including whether the file ended
+with a newline:
 
     <the user's file, untouched>\n
     # BEGIN binfmtd managed block: edits inside are overwritten
     ...
     # END binfmtd managed block\n
 
-Everything here is pure: text in, text out.
+A block found anywhere else (moved by hand, a template that appends after it) is just
+its own lines, BEGIN to END: the lines on each side of it stay as they are, each on its
+own line. Everything here is pure: text in, text out.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ SANDBOX_PATHS_KEY = "extra-sandbox-paths"
 OVERRIDING_KEYS = frozenset(
     {"platforms", "extra-platforms", "sandbox-paths", "include", "!include"}
 )
+INCLUDE_KEYS = ("include", "!include")  # !include: a missing file is no error
+# What Nix's tokenizer splits a line on (Python's own split() knows many more spaces).
+NIX_WHITESPACE = re.compile(r"[ \t\r]+")
 # Nix splits values on whitespace and reads `#` as a comment and `=` in a sandbox
 # path as target=source: a path with any of them cannot be written faithfully.
 UNSAFE_PATH = re.compile(r"[\s=#\"'\\\x00-\x1f\x7f]")
@@ -42,7 +47,7 @@ class BrokenBlock(ValueError):
 class Block(NamedTuple):
     """Where the managed block lies in a file, and what it declares."""
 
-    start: int  # offset of its leading newline, or of BEGIN when it has none
+    start: int  # offset of the BEGIN line; at the end of the file, of binfmtd's newline
     end: int  # offset just past the END line
     platforms: tuple[str, ...]
     sandbox_paths: tuple[str, ...]
@@ -93,7 +98,9 @@ def find_block(text: str) -> Optional[Block]:
     begin, end_line = begins[0], ends[0]
     newline = text.find("\n", end_line)
     end = len(text) if newline < 0 else newline + 1
-    start = begin - 1 if begin > 0 and text[begin - 1] == "\n" else begin
+    # Last in the file, the block owns the newline binfmtd put before it (replace_block);
+    # anywhere else only its lines: the lines around it must not be glued together.
+    start = begin - 1 if end == len(text) and begin > 0 else begin
     inside = parse_settings(text[begin:end])
     platforms = _values(inside, PLATFORMS_KEY)
     sandbox = tuple(p[:-1] if p.endswith("?") else p for p in _values(inside, SANDBOX_PATHS_KEY))
@@ -101,8 +108,9 @@ def find_block(text: str) -> Optional[Block]:
 
 
 def _marker_offsets(text: str, marker: str) -> list[int]:
-    """Offsets of lines that are the marker (trailing whitespace and CR tolerated)."""
-    pattern = re.compile(rf"^{re.escape(marker)}[ \t\r]*$", re.MULTILINE)
+    """Offsets of the lines that are the marker, as Nix reads them: a comment, whatever
+    whitespace (an indent, a CR) is around it."""
+    pattern = re.compile(rf"^[ \t]*{re.escape(marker)}[ \t\r]*$", re.MULTILINE)
     return [found.start() for found in pattern.finditer(text)]
 
 
@@ -130,18 +138,17 @@ def replace_block(text: str, found: Optional[Block], block_text: Optional[str]) 
 
 
 def parse_settings(text: str) -> list[Setting]:
-    """`key = value` lines as Nix reads them: `#` starts a comment, include lines count."""
+    """The settings and include lines of a nix.conf, read as Nix reads them: `#` starts a
+    comment, words are split on whitespace, a setting is `KEY = VALUE...` (the `=` a word of
+    its own) and an include names exactly one file. A line Nix would reject is left out:
+    Nix says what is wrong with it when the file is validated."""
     settings = []
     for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        words = line.split(None, 1)
-        if words[0] in ("include", "!include"):
-            settings.append(Setting(number, words[0], words[1] if len(words) > 1 else ""))
-        elif "=" in line:
-            key, value = line.split("=", 1)
-            settings.append(Setting(number, key.strip(), value.strip()))
+        words = NIX_WHITESPACE.split(raw.split("#", 1)[0].strip(" \t\r"))
+        if words[0] in INCLUDE_KEYS and len(words) == 2:
+            settings.append(Setting(number, words[0], words[1]))
+        elif len(words) >= 2 and words[1] == "=" and words[0] not in INCLUDE_KEYS:
+            settings.append(Setting(number, words[0], " ".join(words[2:])))
     return settings
 
 
@@ -159,4 +166,4 @@ def settings_after_block(text: str, found: Optional[Block]) -> list[Setting]:
 
 def included_files(text: str) -> list[str]:
     """The files that `include`/`!include` lines name, in order."""
-    return [s.value for s in parse_settings(text) if s.key in ("include", "!include")]
+    return [s.value for s in parse_settings(text) if s.key in INCLUDE_KEYS]

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,6 +15,7 @@ from hypothesis import strategies as st
 from binfmtd.nixconf import (
     BEGIN_MARKER,
     END_MARKER,
+    NIX_WHITESPACE,
     BrokenBlock,
     find_block,
     render_block,
@@ -54,15 +61,113 @@ def test_sync_is_idempotent_and_keeps_the_block_last(original: str) -> None:
     assert once.startswith(original)
 
 
-@settings(max_examples=500)
-@given(NIX_CONF, NIX_CONF)
-def test_a_block_in_the_middle_is_moved_last_and_text_after_it_kept(
-    before: str, after: str
-) -> None:
-    middle = with_block(before, BLOCK) + after
-    fixed = with_block(middle, OTHER_BLOCK)
-    assert fixed.endswith(OTHER_BLOCK or "")
-    assert without_block(fixed) == without_block(middle)
+# --- every byte outside the block survives, wherever the block is ------------------------
+
+# Lines an admin's nix.conf holds, near the block's own: settings, comments, includes,
+# indents, things that look like markers and are not, odd whitespace and Unicode.
+FILE_LINE = st.one_of(
+    st.sampled_from([
+        "sandbox = true", "max-jobs = 8", "# my settings", "", "  ", "\t# indented",
+        "include extra.conf", "!include nix.custom.conf", "  include ./conf.d/more.conf",
+        "extra-platforms = i686-linux", "# BEGIN binfmtd managed block",
+        f"{BEGIN_MARKER} (old)", f"#{END_MARKER}", "trusted-users = root @wheel",
+    ]),
+    st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)),
+            max_size=30),
+)
+PLATFORMS = st.lists(st.sampled_from(["aarch64-linux", "riscv64-linux", "s390x-linux"]),
+                     min_size=1, unique=True)
+
+
+class Placed(NamedTuple):
+    """A nix.conf with (or without) a block, and the file it must give back without it."""
+
+    text: str
+    expected: str  # every byte outside the block; at the end, the newline before it is its
+    platforms: tuple[str, ...]  # what the block in `text` declares
+    kinds: frozenset[str]
+
+
+@st.composite
+def placed_blocks(draw: st.DrawFn) -> Placed:
+    """A file of admin's lines, the block put at any line: the end (as binfmtd wrote it, or
+    pasted there by hand), the start or the middle; indented or not, CRLF or not, with or
+    without a final newline; or no block at all."""
+    eol = draw(st.sampled_from(["\n", "\r\n"]))
+    lines = [line + eol for line in draw(st.lists(FILE_LINE, max_size=8))]
+    kinds = {"crlf"} if eol == "\r\n" else set()
+    if any(NIX_WHITESPACE.split(line.strip())[0] in ("include", "!include") for line in lines):
+        kinds.add("includes")
+    if not draw(st.booleans()) and lines:  # the last line has no newline
+        lines[-1] = lines[-1][:-len(eol)]
+        kinds.add("no final newline")
+    where = draw(st.sampled_from(["none", "end", "start", "middle"]))
+    if where == "none" or (where != "end" and not lines):
+        text = "".join(lines)
+        return Placed(text, text, (), frozenset(kinds | {"no block"}))
+    platforms = tuple(sorted(draw(PLATFORMS)))
+    indent = draw(st.sampled_from(["", "  ", "\t"]))
+    block = "".join(indent + line + "\n"
+                    for line in (render_block(platforms, ()) or "").splitlines())
+    kinds |= {where} | ({"indented"} if indent else set())
+    if where == "end":
+        if lines and not lines[-1].endswith(eol):
+            lines[-1] += eol  # the block starts a line of its own
+        before = "".join(lines)
+        if before and draw(st.booleans()):  # binfmtd's own: a newline of its own before it
+            before += "\n"
+        if draw(st.booleans()):  # the block itself without a final newline
+            block = block[:-1]
+            kinds.add("no final newline")
+        return Placed(before + block, before[:-1] if before else "", platforms,
+                      frozenset(kinds))
+    at = 0 if where == "start" else draw(st.integers(1, len(lines) - 1)) if len(lines) > 1 \
+        else 0
+    before, after = "".join(lines[:at]), "".join(lines[at:])
+    if not after:  # only an empty last line follows: the block ends the file after all
+        return Placed(before + block, before[:-1], platforms,
+                      frozenset(kinds - {"middle", "start"} | {"end"}))
+    if at == 0:
+        kinds = (kinds - {"middle"}) | {"start"}
+    return Placed(before + block + after, before + after, platforms, frozenset(kinds))
+
+
+PLACEMENT_EXAMPLES = 800
+# Each kind of file is drawn about a quarter to a half of the time; a tenth is the floor
+# below which the strategy no longer makes the files the property is about.
+MIN_SHARE = 0.10
+PLACEMENT_KINDS = ("no block", "end", "start", "middle", "no final newline", "includes",
+                   "indented", "crlf")
+
+
+def test_every_byte_outside_the_block_survives_sync_and_remove() -> None:
+    """Wherever the block is, sync gives the file without it plus the new block at the end,
+    and remove gives the file without it; nothing of the admin's lines is lost or glued."""
+    kinds: Counter[str] = Counter()
+
+    @settings(max_examples=PLACEMENT_EXAMPLES, database=None)
+    @given(placed_blocks())
+    def check(placed: Placed) -> None:
+        kinds.update(placed.kinds)
+        found = find_block(placed.text)
+        assert (found.platforms if found else ()) == placed.platforms
+        assert without_block(placed.text) == placed.expected
+        synced = with_block(placed.text, BLOCK)
+        assert synced == placed.expected + ("\n" if placed.expected else "") + (BLOCK or "")
+        assert with_block(synced, BLOCK) == synced
+        assert without_block(synced) == placed.expected
+
+    check()
+    shares = {kind: kinds[kind] / PLACEMENT_EXAMPLES for kind in PLACEMENT_KINDS}
+    print("shares of generated files:", {k: f"{v:.0%}" for k, v in shares.items()})
+    assert all(share >= MIN_SHARE for share in shares.values()), shares
+
+
+def test_a_block_moved_between_two_lines_leaves_them_on_their_own_lines() -> None:
+    """The admin's report: the block moved by hand between a comment and a setting."""
+    moved = f"# my settings\n{BLOCK}max-jobs = 8\n"
+    assert with_block(moved, BLOCK) == f"# my settings\nmax-jobs = 8\n\n{BLOCK}"
+    assert without_block(moved) == "# my settings\nmax-jobs = 8\n"
 
 
 def test_the_block_declares_with_extra_extra_platforms_and_optional_paths() -> None:
@@ -152,3 +257,48 @@ def test_unsafe_paths_are_named(path: str, reason: str | None) -> None:
         assert found is None
     else:
         assert found is not None and reason in found
+
+
+# --- and Nix itself reads every setting but binfmtd's the same after sync --------------
+
+# Settings Nix 2.8 to 2.34 all take, includes of a file that is there and of one that is not.
+NIX_LINE = st.sampled_from([
+    "max-jobs = 8", "cores = 3", "sandbox = false", "connect-timeout = 7", "# a comment", "",
+    "  keep-outputs = true", "include extra.conf", "!include absent.conf",
+    "extra-platforms = i686-linux", "trusted-users = root @wheel", "\tfallback = true",
+])
+MANAGED_SETTINGS = ("extra-platforms", "sandbox-paths")
+NIX_EXAMPLES = 20  # two `nix show-config` runs each, about 60 ms
+
+
+def nix_reads(nix: str, folder: Path, text: str) -> dict[str, str]:
+    """What Nix derives from `text` as the nix.conf in `folder` (no user files)."""
+    (folder / "nix.conf").write_text(text)
+    shown = subprocess.run([nix, "--extra-experimental-features", "nix-command", "show-config"],
+                           env={**os.environ, "NIX_CONF_DIR": str(folder),
+                                "NIX_USER_CONF_FILES": "/dev/null"},
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    return dict(line.split(" = ", 1) for line in shown.splitlines() if " = " in line)
+
+
+def test_nix_reads_every_setting_but_binfmtds_the_same_after_sync(
+    nix: str, tmp_path: Path
+) -> None:
+    (tmp_path / "extra.conf").write_text("builders-use-substitutes = true\n")
+    moved: Counter[str] = Counter()
+
+    @settings(max_examples=NIX_EXAMPLES, database=None)
+    @given(st.lists(NIX_LINE, max_size=6), st.integers(0, 6), st.booleans())
+    def check(lines: list[str], at: int, final_newline: bool) -> None:
+        at = min(at, len(lines))
+        moved["middle" if 0 < at < len(lines) else "edge"] += 1
+        text = "\n".join([*lines[:at], *(OTHER_BLOCK or "").splitlines(), *lines[at:]])
+        text += "\n" if final_newline else ""
+        before = nix_reads(nix, tmp_path, text)
+        after = nix_reads(nix, tmp_path, with_block(text, BLOCK))
+        for key in MANAGED_SETTINGS:
+            before.pop(key), after.pop(key)
+        assert after == before
+
+    check()
+    assert moved["middle"] >= NIX_EXAMPLES // 5, moved
