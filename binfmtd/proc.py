@@ -1,27 +1,22 @@
 """The one way binfmtd runs a program: an argv list, never a shell, always a timeout.
 
-Built on os.posix_spawn and poll rather than on subprocess: importing subprocess (and
-threading, selectors and signal's enums with it) cost `binfmtd status` a tenth of its time.
-What subprocess did for binfmtd, this does too: stdin is /dev/null, the signals that
-Python ignores (SIGPIPE, SIGXFSZ) are the default again in the program, and it inherits no
-descriptor but its three.
+On the standard library's subprocess, which does for binfmtd what a program run by a root
+daemon needs: stdin is /dev/null, the signals Python ignores (SIGPIPE, SIGXFSZ) are the
+default again in the program, the program inherits no descriptor but its three (closed in
+the child only), the timeout covers the whole run (a program that closes its output and
+goes on running is still ended at it), and a program is killed and reaped whatever
+interrupts the wait. This module adds the one-line errors.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import select
-import signal
-import time
+import subprocess
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from .errors import BinfmtdError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-
-CHUNK = 65536
 
 
 class Completed(NamedTuple):
@@ -40,39 +35,29 @@ class Running:
                  env: Optional[Mapping[str, str]]) -> None:
         self.argv = tuple(argv)
         self.timeout = timeout
-        _close_on_exec_beyond_three()
-        stdout, stdout_end = os.pipe()
-        stderr, stderr_end = os.pipe()
         try:
-            self._pid: Optional[int] = os.posix_spawnp(
-                self.argv[0], self.argv, os.environ if env is None else env,
-                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                              (os.POSIX_SPAWN_DUP2, stdout_end, 1),
-                              (os.POSIX_SPAWN_DUP2, stderr_end, 2)],
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-            )
-        except OSError as error:
-            os.close(stdout)
-            os.close(stderr)
+            self._process = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=env)
+        except OSError as error:  # not installed, EACCES, ENOEXEC...
             said = "not installed" if isinstance(error, FileNotFoundError) else error.strerror
-            raise BinfmtdError(f"cannot run {argv[0]}: {said}") from error  # EACCES, ENOEXEC...
-        finally:
-            os.close(stdout_end)
-            os.close(stderr_end)
-        self._stdout, self._stderr = stdout, stderr
-        self._read: dict[int, list[bytes]] = {stdout: [], stderr: []}
-        self._open = {stdout, stderr}  # the pipes the program has not closed yet
+            raise BinfmtdError(f"cannot run {self.argv[0]}: {said}") from error
         self._result: Optional[Completed] = None
 
     def wait(self, *, check: bool = True) -> Completed:
         """Its output once it ended; failures become one BinfmtdError line."""
         if self._result is None:
-            if not self._read_all(deadline=time.monotonic() + self.timeout):
+            try:
+                stdout, stderr = self._process.communicate(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
                 self.stop()
                 raise BinfmtdError(f"{' '.join(self.argv)} did not finish within "
-                                   f"{self.timeout:g} s")
-            self._result = Completed(self.argv, self._reap(), self._text(self._stdout),
-                                     self._text(self._stderr))
+                                   f"{self.timeout:g} s") from None
+            except BaseException:  # interrupted: the program must not outlive the wait
+                self.stop()
+                raise
+            self._result = Completed(self.argv, self._process.returncode,
+                                     _text(stdout), _text(stderr))
         result = self._result
         if check and result.returncode != 0:
             said = (result.stderr.strip() or result.stdout.strip()).splitlines()
@@ -83,56 +68,21 @@ class Running:
 
     def stop(self) -> None:
         """End it if it still runs, and reap it: for output nobody is going to read."""
-        if self._pid is not None:
-            os.kill(self._pid, signal.SIGKILL)
-            for fd in self._open:
-                os.close(fd)
-            self._open.clear()
-            self._reap()
-
-    def _read_all(self, deadline: float) -> bool:
-        """Read both pipes until the program has closed them; False at the deadline.
-        Both at once: a program blocked writing one would never close the other."""
-        poller = select.poll()
-        for fd in self._open:
-            poller.register(fd, select.POLLIN)
-        while self._open:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            for fd, _ in poller.poll(left * 1000):
-                chunk = os.read(fd, CHUNK)
-                if chunk:
-                    self._read[fd].append(chunk)
-                else:
-                    poller.unregister(fd)
-                    os.close(fd)
-                    self._open.discard(fd)
-        return True
-
-    def _text(self, fd: int) -> str:
-        return b"".join(self._read[fd]).decode("utf-8", "replace")
-
-    def _reap(self) -> int:
-        """Its exit status; -N where signal N ended it."""
-        assert self._pid is not None
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = None
-        return os.waitstatus_to_exitcode(status)
+        if self._process.returncode is None:
+            self._process.kill()
+            self._process.wait()
+        for pipe in (self._process.stdout, self._process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
-def _close_on_exec_beyond_three() -> None:
-    """What subprocess's close_fds does in its child: Python opens its own descriptors
-    close-on-exec, but ones handed to binfmtd (by a shell, by Ansible) may not be."""
-    for name in os.listdir("/proc/self/fd"):
-        if int(name) > 2:
-            with contextlib.suppress(OSError):  # listdir's own descriptor, closed by now
-                os.set_inheritable(int(name), False)
+def _text(output: bytes) -> str:
+    return output.decode("utf-8", "replace")
 
 
 def start_program(argv: Sequence[str], *, timeout: float = 30,
                   env: Optional[Mapping[str, str]] = None) -> Running:
-    """Start argv with its output captured; `.wait()` collects it."""
+    """Start argv with its output captured; `.wait()` collects it within `timeout` seconds."""
     return Running(argv, timeout, env)
 
 

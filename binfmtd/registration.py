@@ -115,15 +115,24 @@ def register_line(binfmt_misc: Path, name: str, line: str) -> None:
 
 
 def remove_entry(binfmt_misc: Path, name: str) -> bool:
-    """Write -1 to an entry; False when there is none."""
+    """Write -1 to an entry; False when there is none, or it went meanwhile (another
+    remover, systemd-binfmt flushing): the entry is gone either way, which was the point."""
     _check_name(name)
     entry = binfmt_misc / name
-    if not entry.exists():
-        return False
     try:
-        entry.write_text("-1")
+        # O_WRONLY alone: binfmt_misc refuses to create a file (EACCES), so a gone entry
+        # must read as ENOENT, not as a failure to create it.
+        fd = os.open(entry, os.O_WRONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     except OSError as error:
         raise BinfmtdError(f"cannot remove {entry}: {error.strerror}") from error
+    try:
+        os.write(fd, b"-1")
+    except OSError as error:
+        if not os.path.lexists(entry):
+            return False  # removed between our open and our write
+        raise BinfmtdError(f"cannot remove {entry}: {error.strerror}") from error
+    finally:
+        os.close(fd)
     return True

@@ -7,10 +7,14 @@ this root; so a missing sandbox path shows here exactly as it would in a Nix bui
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import select
 import shutil
+import signal
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import NamedTuple, Optional
 
@@ -27,24 +31,68 @@ class SandboxRun(NamedTuple):
     error: Optional[str]
 
 
-def run_sandboxed(program: bytes, visible: Sequence[str]) -> SandboxRun:
-    """Exec `program` in a private root that shows only `visible` (missing ones skipped)."""
+def run_sandboxed(program: bytes, visible: Sequence[str], timeout: float = 30.0) -> SandboxRun:
+    """Exec `program` in a private root that shows only `visible` (missing ones skipped);
+    a program that has not ended within `timeout` seconds is killed, as is one whose wait
+    is interrupted, and always reaped."""
     root = tempfile.mkdtemp(prefix="binfmtd-doctor-")
     read_end, write_end = os.pipe()
+    pid: Optional[int] = None
     try:
         pid = os.fork()
         if pid == 0:  # the child never returns
             os.close(read_end)
             _child(root, program, visible, write_end)
         os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            said = pipe.read().decode("utf-8", "replace")
-        _, wait_status = os.waitpid(pid, 0)
+        write_end = -1
+        outcome = _outcome(pid, read_end, time.monotonic() + timeout)
+        if outcome is None:
+            return SandboxRun(None, f"did not finish within {timeout:g} s")
+        pid = None  # reaped
+        return outcome
     finally:
+        if pid:
+            _kill_and_reap(pid)
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _outcome(pid: int, report_fd: int, deadline: float) -> Optional[SandboxRun]:
+    """What the child reported (why it could not start) or how the program ended, once it
+    has ended and been reaped; None at the deadline, the child still there."""
+    said = b""
+    process_fd = os.pidfd_open(pid)
+    try:
+        waiting = select.poll()
+        waiting.register(report_fd, select.POLLIN)
+        waiting.register(process_fd, select.POLLIN)
+        ended = False
+        while not ended:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            for fd, _ in waiting.poll(left * 1000):
+                if fd == process_fd:
+                    ended = True
+                else:
+                    chunk = os.read(report_fd, 4096)
+                    said += chunk
+                    if not chunk:  # EOF: exec succeeded (close-on-exec) or the report is in
+                        waiting.unregister(report_fd)
+    finally:
+        os.close(process_fd)
+    _, wait_status = os.waitpid(pid, 0)
     if said:
-        return SandboxRun(None, said)
+        return SandboxRun(None, said.decode("utf-8", "replace"))
     return SandboxRun(os.waitstatus_to_exitcode(wait_status), None)
+
+
+def _kill_and_reap(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def _child(root: str, program: bytes, visible: Sequence[str], report_fd: int) -> None:

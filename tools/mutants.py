@@ -82,6 +82,12 @@ MUTANTS: tuple[Mutant, ...] = (
            "writer: owner not kept", WRITER_TESTS),
     Mutant(WRITER, "                _copy_selinux_label(target, temp.fileno())\n", "",
            "writer: SELinux label not kept", WRITER_TESTS),
+    # The nix.conf editor (binfmtd/nixconf.py): a block moved by hand is only its lines.
+    Mutant("binfmtd/nixconf.py",
+           "start = begin - 1 if end == len(text) and begin > 0 else begin",
+           "start = begin - 1 if begin > 0 else begin",
+           "nixconf: a moved block takes the newline before it, gluing its neighbours",
+           "tests/unit/test_nixconf.py"),
     # The fuzzer must reach the parser: it fails when too few examples parse.
     Mutant("binfmtd/binfmt.py", "    if len(lines) < 4:\n", "    if len(lines) < 40:\n",
            "fuzz: the parser rejects every entry", FUZZ),
@@ -103,14 +109,21 @@ MUTANTS: tuple[Mutant, ...] = (
            "daemon: no restart rate limit", RULES_TESTS),
     Mutant(RULES, "self._restart_at = now + delay", "self._restart_at = now",
            "daemon: no back-off", RULES_TESTS),
-    # The one way to run a program (binfmtd/proc.py, on posix_spawn).
-    Mutant(PROC, "                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),\n", "",
+    # The one way to run a program (binfmtd/proc.py, on subprocess).
+    Mutant(PROC, "                stdout, stderr = self._process.communicate(",
+           "                self._process.wait = (  # type: ignore[method-assign]\n"
+           "                    lambda timeout=None, wait=self._process.wait: wait())\n"
+           "                stdout, stderr = self._process.communicate(",
+           "proc: a timeout that covers the reading, not the wait", PROC_TESTS),
+    Mutant(PROC, "                stderr=subprocess.PIPE, env=env)",
+           "                stderr=subprocess.PIPE, env=env, restore_signals=False)",
            "proc: the program keeps Python's ignored SIGPIPE", PROC_TESTS),
-    Mutant(PROC, "        _close_on_exec_beyond_three()\n", "",
+    Mutant(PROC, "                stderr=subprocess.PIPE, env=env)",
+           "                stderr=subprocess.PIPE, env=env, close_fds=False)",
            "proc: a descriptor handed to binfmtd reaches the program", PROC_TESTS),
-    Mutant(PROC, "            self._open.clear()\n            self._reap()\n",
-           "            self._open.clear()\n",
-           "proc: stop leaves the program unreaped", PROC_TESTS),
+    Mutant(PROC, "            except BaseException:  # interrupted: the program must not outlive "
+           "the wait\n                self.stop()\n                raise\n", "",
+           "proc: an interrupted wait leaves the program running", PROC_TESTS),
     # status asks Nix before parsing its command line, on a guess (binfmtd/status.py).
     Mutant("binfmtd/status.py",
            '    if early is not None and Path(early.conf_dir, "nix.conf") == host.nix_conf:\n',

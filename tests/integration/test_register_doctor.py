@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,33 @@ def test_emulated_systems_in_config_are_registered_by_sync(setup: Setup) -> None
     assert f"{PREFIX}riscv64-linux" in setup.binfmt.entries()
     assert "riscv64-linux" in setup.nix_conf.read_text()
     assert setup.run("sync", "--check").returncode == 0
+
+
+def test_removing_an_entry_that_another_remover_takes_first_is_no_error(
+    real_binfmt: PrivateBinfmt,
+) -> None:
+    """Eight removers at once, as unregister can meet systemd-binfmt's flush: whoever
+    writes -1 first removes it, and the others find it gone, none with an error."""
+    from binfmtd.registration import remove_entry
+
+    line = binfmt_line("binfmtd-test-race", "/usr/libexec/qemu-binfmt/aarch64-binfmt-P", "P")
+    start = threading.Barrier(8)
+
+    def remove(results: list[object]) -> None:
+        start.wait()
+        try:
+            results.append(remove_entry(real_binfmt.binfmt_misc, "binfmtd-test-race"))
+        except Exception as error:  # the finding is any error at all
+            results.append(error)
+
+    for _ in range(30):
+        real_binfmt.register(line)
+        results: list[object] = []
+        removers = [threading.Thread(target=remove, args=(results,)) for _ in range(8)]
+        for thread in removers:
+            thread.start()
+        for thread in removers:
+            thread.join(timeout=30)
+        # Two that opened it before either wrote may both see their write taken.
+        assert set(results) <= {True, False} and True in results, results
+        assert real_binfmt.entries() == []

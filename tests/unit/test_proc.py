@@ -1,12 +1,16 @@
-"""proc runs programs with os.posix_spawn: what subprocess did for binfmtd, it must do too.
-Real programs (sh, sleep), nothing patched."""
+"""proc runs every program binfmtd starts: what a root daemon needs of it, proven with real
+programs (sh, sleep), nothing patched."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Optional
 
 import pytest
 
@@ -89,3 +93,67 @@ def test_the_program_gets_the_default_signals_back_and_no_stray_descriptor() -> 
 
 def test_stdin_is_empty() -> None:
     assert run_program(["cat"], timeout=10).stdout == ""
+
+
+def test_the_timeout_covers_a_program_that_closes_its_output_and_runs_on(tmp_path: Path) -> None:
+    """A restart command that daemonizes badly: its pipes close at once, it keeps running."""
+    pidfile = tmp_path / "pid"
+    started = time.monotonic()
+    with pytest.raises(BinfmtdError, match=r"did not finish within 1 s$"):
+        run_program(["sh", "-c", f"echo $$ > {pidfile}; exec >&- 2>&-; exec sleep 30"],
+                    timeout=1)
+    assert time.monotonic() - started < 10  # not the 30 s the program would take
+    with pytest.raises(ChildProcessError):  # killed and reaped
+        os.waitpid(int(pidfile.read_text()), os.WNOHANG)
+
+
+class Interrupted(Exception):
+    """What a signal handler raises in the middle of a wait (as SIGINT raises KeyboardInterrupt)."""
+
+
+@pytest.fixture
+def interrupt_soon() -> Iterator[None]:
+    """SIGALRM raises Interrupted 0.3 s into the test."""
+    def interrupt(_signum: int, _frame: Optional[FrameType]) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_interrupted_wait_kills_and_reaps_the_program(tmp_path: Path,
+                                                         interrupt_soon: None) -> None:
+    pidfile = tmp_path / "pid"
+    with pytest.raises(Interrupted):
+        run_program(["sh", "-c", f"echo $$ > {pidfile}.new; mv {pidfile}.new {pidfile}; "
+                                 "exec sleep 30"], timeout=60)
+    assert pidfile.exists()  # control: it had started
+    with pytest.raises(ChildProcessError):
+        os.waitpid(int(pidfile.read_text()), os.WNOHANG)
+
+
+def test_the_program_is_found_on_the_path_it_is_given(tmp_path: Path) -> None:
+    """`env`'s PATH, not binfmtd's own: systemd's PATH lacks where Nix may live."""
+    (tmp_path / "binfmtd-only-here").write_text("#!/bin/sh\necho found\n")
+    (tmp_path / "binfmtd-only-here").chmod(0o755)
+    with pytest.raises(BinfmtdError, match="not installed"):  # control: not on our PATH
+        run_program(["binfmtd-only-here"])
+    ran = run_program(["binfmtd-only-here"], env={"PATH": str(tmp_path)})
+    assert ran.stdout == "found\n"
+
+
+def test_binfmtds_own_descriptors_are_left_as_they_were() -> None:
+    """The program inherits nothing, and binfmtd's descriptors are not changed for good."""
+    kept, handed = os.pipe()
+    os.set_inheritable(handed, True)
+    try:
+        run_program(["true"])
+        assert os.get_inheritable(handed)
+    finally:
+        os.close(kept)
+        os.close(handed)
