@@ -252,7 +252,7 @@ def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
         _register_missing(host, config)
     outcome = reconcile_once(host, config, write=not args.check, restart=not args.no_restart)
     world, planned = outcome.world, outcome.plan
-    missing = _missing_systems(config, planned)
+    missing = _missing_systems(host, config, planned)
     if args.diff and planned.text is not None:
         sys.stdout.write(unified_diff(world, planned.text))
     _warn_problems(planned.problems)
@@ -272,9 +272,11 @@ def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
     return EXIT_OK
 
 
-def _missing_systems(config: Config, planned: Plan) -> list[str]:
-    """emulated-systems that no working handler emulates."""
-    return [s for s in config.emulated_systems if s not in planned.platforms]
+def _missing_systems(host: Host, config: Config, planned: Plan) -> list[str]:
+    """emulated-systems that no working handler emulates (and the host does not run)."""
+    from .reconcile import emulated_here
+
+    return [s for s in emulated_here(config, host.system) if s not in planned.platforms]
 
 
 def _register_missing(host: Host, config: Config) -> None:
@@ -285,7 +287,7 @@ def _register_missing(host: Host, config: Config) -> None:
     from .registration import register_system
 
     planned = read_and_plan(host, config).plan
-    for system in _missing_systems(config, planned):
+    for system in _missing_systems(host, config, planned):
         outcome = register_system(system, planned, host, config)
         print(f"binfmtd: {system}: {outcome.message}", file=sys.stderr)
 
@@ -309,8 +311,10 @@ def cmd_run(args: argparse.Namespace, host: Host, config: Config) -> int:
 
 def cmd_register(args: argparse.Namespace, host: Host, config: Config) -> int:
     from .host import read_and_plan
-    from .registration import register_system
+    from .registration import check_registrable, register_system
 
+    for system in args.systems:  # all of them before any is registered
+        check_registrable(system, host.system)
     systems = tuple(args.systems) or config.emulated_systems
     if not systems:
         raise BinfmtdError("name the systems to register, or list them in emulated-systems")
@@ -347,7 +351,9 @@ def cmd_doctor(args: argparse.Namespace, host: Host, config: Config) -> int:
     reading = ask_nix(host, config)
     looked = read_and_plan(host, config)
     report = gather_report(looked.world, looked.plan, host, config, reading)
-    systems = tuple(sorted(set(looked.plan.platforms) | set(config.emulated_systems)))
+    from .reconcile import emulated_here
+
+    systems = tuple(sorted(set(looked.plan.platforms) | set(emulated_here(config, host.system))))
     diagnoses = doctor.diagnose(report, systems, as_root=os.geteuid() == 0)
     if args.json:
         print_json(doctor.to_json(diagnoses))

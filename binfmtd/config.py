@@ -28,7 +28,9 @@ from pathlib import Path
 from stat import S_IWGRP, S_IWOTH
 from typing import Any, NamedTuple, Optional
 
+from .emulators import EMULATIONS
 from .errors import BinfmtdError
+from .platforms import known_systems, unknown_system
 
 
 class Host(NamedTuple):
@@ -115,8 +117,26 @@ def _string_set(key: str, value: Any, source: str) -> frozenset[str]:
     return frozenset(value)
 
 
-def _string_list(key: str, value: Any, source: str) -> tuple[str, ...]:
-    return tuple(sorted(_string_set(key, value, source)))
+def _systems(key: str, value: Any, source: str) -> frozenset[str]:
+    """Nix system names; a typo is an error that names the closest known system."""
+    systems = _string_set(key, value, source)
+    known = known_systems()
+    for system in sorted(systems):
+        unknown = unknown_system(system, known)
+        if unknown is not None:
+            raise BinfmtdError(f"{source}: {key}: {unknown}")
+    return systems
+
+
+def _emulated_systems(key: str, value: Any, source: str) -> tuple[str, ...]:
+    """Systems binfmtd registers an emulator for; the host's own may be listed (one list
+    for a whole fleet of machines), and is then left alone where it runs natively."""
+    systems = sorted(_systems(key, value, source))
+    for system in systems:
+        if system not in EMULATIONS:
+            raise BinfmtdError(f"{source}: {key}: binfmtd cannot register {system} (it can: "
+                               f"{' '.join(sorted(EMULATIONS))})")
+    return tuple(systems)
 
 
 def _restart(key: str, value: Any, source: str) -> RestartPolicy:
@@ -134,14 +154,14 @@ def _restart(key: str, value: Any, source: str) -> RestartPolicy:
 
 _CHECKS = {
     "nix-conf-target": _string,
-    "ignore-platforms": _string_set,
+    "ignore-platforms": _systems,
     "declare-armv6l": _boolean,
     "declare-i686": _boolean,
     "restart": _restart,
     "debounce-seconds": _seconds,
     "resync-seconds": _seconds,
     "restart-interval-seconds": _seconds,
-    "emulated-systems": _string_list,
+    "emulated-systems": _emulated_systems,
     "replace-handlers": _boolean,
     "registration-prefix": _string,
 }

@@ -35,9 +35,12 @@ class Diagnosis(NamedTuple):
 
 
 def diagnose(report: Report, systems: tuple[str, ...], *, as_root: bool) -> list[Diagnosis]:
+    """Each system's checks; first, any handler that takes the host's own programs."""
     visible = sandbox_paths(report)
-    return [Diagnosis(system, tuple(_checks(report, system, visible, as_root)))
-            for system in systems]
+    captured = [Diagnosis(v.systems[0], (Check("host", False, f"{v.name} {v.problems[0]}"),))
+                for v in report.plan.verdicts if v.captures_host]
+    return captured + [Diagnosis(system, tuple(_checks(report, system, visible, as_root)))
+                       for system in systems]
 
 
 def sandbox_paths(report: Report) -> list[str]:

@@ -184,3 +184,45 @@ def with_also_runs(table: dict[str, T]) -> dict[str, T]:
 def host_system(machine: str) -> str:
     """The Nix system of a host whose `uname -m` prints `machine`."""
     return HOST_SYSTEMS.get(machine, f"{machine}-linux")
+
+
+# What a host runs with no emulator at all, beyond its own system.
+ALSO_NATIVE: dict[str, tuple[str, ...]] = {"x86_64-linux": ("i686-linux",)}
+
+
+def native_reason(system: str, host_system: str) -> Optional[str]:
+    """Why `system` needs no emulator on this host, else None.
+
+    binfmt_misc is tried before the kernel's own loader: a handler for the host's own
+    programs captures every program on the machine (qemu-x86_64 for x86_64 recurses into
+    itself: even `ls` fails with "Too many levels of symbolic links"), and a binfmt.d line
+    brings it back at every boot. So binfmtd never registers one.
+    """
+    if system == host_system:
+        return (f"{system} is this host's own system: it runs natively, and a handler for it "
+                "would capture every program on the machine")
+    if system in ALSO_NATIVE.get(host_system, ()):
+        return f"{host_system} hosts run {system} programs natively"
+    return None
+
+
+def known_systems() -> frozenset[str]:
+    """Every Nix system binfmtd can name: what its magics decode to, and host systems."""
+    return frozenset({*NIX_SYSTEMS.values(), *HOST_SYSTEMS.values(),
+                      *(s for others in ALSO_RUNS.values() for s in others)})
+
+
+def unknown_system(word: str, known: frozenset[str]) -> Optional[str]:
+    """Why `word` is not among `known` systems, naming the closest; None when it is."""
+    if word in known:
+        return None
+    import difflib  # only a mistake pays for it
+
+    machine = word.split("-", 1)[0]  # the part before -linux is where typos are
+    alias = HOST_SYSTEMS.get(machine)  # arm64, amd64: uname's names
+    by_machine = {system.split("-", 1)[0]: system for system in known}
+    close = ([alias] if alias else
+             [by_machine[m] for m in difflib.get_close_matches(machine, sorted(by_machine),
+                                                               n=1, cutoff=0.6)])
+    hint = f"did you mean {close[0]}?" if close else f"known: {' '.join(sorted(known))}"
+    return f"{word!r} is not a system binfmtd knows ({hint})"

@@ -21,7 +21,7 @@ from .nixconf import (
     settings_after_block,
     unsafe_path_reason,
 )
-from .platforms import ElfIdentity, decode_magic, served_systems
+from .platforms import ElfIdentity, decode_magic, native_reason, served_systems
 
 
 class Problem(NamedTuple):
@@ -46,6 +46,7 @@ class Verdict(NamedTuple):
     problems: tuple[str, ...] = ()
     interpreter: Optional[Interpreter] = None
     no_nix_system: bool = False  # a machine Nix has no system for: status folds these
+    captures_host: bool = False  # it matches this host's own programs: every exec is its
 
 
 class Plan(NamedTuple):
@@ -90,7 +91,7 @@ def plan(
     platforms = tuple(sorted({p for v in verdicts for p in v.platforms}))
     sandbox_paths = tuple(sorted({p for v in verdicts for p in v.sandbox_paths}))
     problems = [Problem(v.name, text) for v in verdicts for text in v.problems]
-    for system in config.emulated_systems:
+    for system in emulated_here(config, host_system):
         if system not in platforms and binfmt.mounted:
             problems.append(Problem(system, "is in emulated-systems but no working handler "
                                     "emulates it: run binfmtd register"))
@@ -131,6 +132,12 @@ def plan(
         blocked=blocked,
         refused=refused_by,
     )
+
+
+def emulated_here(config: Config, host_system: str) -> tuple[str, ...]:
+    """emulated-systems but the ones this host runs natively (a list shared by a fleet of
+    x86_64 and aarch64 builders names each one's own system)."""
+    return tuple(s for s in config.emulated_systems if native_reason(s, host_system) is None)
 
 
 def refusal(foreign: str, platforms: Sequence[str], sandbox_paths: Sequence[str]) -> str:
@@ -230,10 +237,22 @@ def _judge_machine(
     if not served:
         return Verdict(handler.name, handler, note=f"Nix has no system for "
                        f"{identity.describe()} binaries", no_nix_system=True)
+    if served[0] == host_system:
+        return Verdict(handler.name, handler, systems=served, captures_host=True,
+                       problems=(capture_problem(handler),))
     wanted, note = _wanted(served, config, host_system)
     if not wanted:
         return Verdict(handler.name, handler, systems=served, note=note)
     return handler, served, wanted
+
+
+def capture_problem(handler: Handler) -> str:
+    """What a handler for the host's own machine does, and how to take it away."""
+    return ("matches this host's own programs: binfmt_misc is tried before the kernel's own "
+            f"loader, so every program on the machine goes through {handler.interpreter} "
+            "(or fails with 'Too many levels of symbolic links'); remove it with "
+            f"`echo -1 > /proc/sys/fs/binfmt_misc/{handler.name}` and the binfmt.d line "
+            "that registers it at boot")
 
 
 def _wanted(
@@ -241,8 +260,6 @@ def _wanted(
 ) -> tuple[tuple[str, ...], Optional[str]]:
     """The served systems to declare, else why none."""
     system = served[0]
-    if system == host_system:
-        return (), f"{system} is this host's own system"
     if system == "i686-linux" and host_system == "x86_64-linux" and not config.declare_i686:
         return (), "x86_64 hosts run i686-linux natively (see declare-i686)"
     wanted = tuple(s for s in served if s not in config.ignore_platforms

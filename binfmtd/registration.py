@@ -25,6 +25,7 @@ from .emulators import (
 )
 from .errors import BinfmtdError
 from .interpreters import read_interpreter
+from .platforms import known_systems, native_reason, unknown_system
 from .reconcile import Plan
 
 
@@ -51,11 +52,25 @@ def handlers_for(system: str, planned: Plan) -> list[Handler]:
             if v.handler is not None and v.handler.enabled and system in v.systems]
 
 
-def register_system(system: str, planned: Plan, host: Host, config: Config) -> Outcome:
-    """Register `system` unless something already emulates it."""
+def check_registrable(system: str, host_system: str) -> None:
+    """BinfmtdError, in one line, unless binfmtd may register `system` on this host."""
+    unknown = unknown_system(system, known_systems())
+    if unknown is not None:
+        raise BinfmtdError(unknown)
     if system not in EMULATIONS:
         known = " ".join(sorted(EMULATIONS))
         raise BinfmtdError(f"{system}: binfmtd cannot register it (it knows: {known})")
+    native = native_reason(system, host_system)
+    if native is not None:
+        raise BinfmtdError(f"{native}: not registered")
+
+
+def register_system(system: str, planned: Plan, host: Host, config: Config) -> Outcome:
+    """Register `system` unless something already emulates it, or the host runs it."""
+    native = native_reason(system, host.system)
+    if native is not None:  # emulated-systems lists it for the fleet's other machines
+        return Outcome(system, True, f"{native}: nothing to register")
+    check_registrable(system, host.system)
     working = [v.name for v in planned.verdicts if system in v.platforms]
     if working:
         return Outcome(system, True, f"already emulated by {', '.join(working)}")
@@ -77,6 +92,9 @@ def register_system(system: str, planned: Plan, host: Host, config: Config) -> O
 
 def unregister_system(system: str, host: Host, config: Config) -> Outcome:
     """Remove what `register` made for `system`, and nothing else."""
+    unknown = unknown_system(system, known_systems())
+    if unknown is not None:
+        raise BinfmtdError(unknown)
     if system not in EMULATIONS:
         raise BinfmtdError(f"{system}: binfmtd never registers it")
     name = config.registration_prefix + system

@@ -88,6 +88,11 @@ MUTANTS: tuple[Mutant, ...] = (
            "start = begin - 1 if begin > 0 else begin",
            "nixconf: a moved block takes the newline before it, gluing its neighbours",
            "tests/unit/test_nixconf.py"),
+    # Never the host's own system (binfmtd/platforms.py): a handler for it bricks the host.
+    Mutant("binfmtd/platforms.py", "    if system == host_system:\n        return (f\"{system} is",
+           "    if False:\n        return (f\"{system} is",
+           "register: the host's own system is registered",
+           "tests/integration/test_register_doctor.py"),
     # The fuzzer must reach the parser: it fails when too few examples parse.
     Mutant("binfmtd/binfmt.py", "    if len(lines) < 4:\n", "    if len(lines) < 40:\n",
            "fuzz: the parser rejects every entry", FUZZ),

@@ -94,7 +94,7 @@ def test_doctor_finds_a_missing_sandbox_path_and_sync_mends_it(
 
 
 def test_a_system_binfmtd_has_no_registration_for_is_an_error(setup: Setup) -> None:
-    unknown = setup.run("register", "vax-linux")
+    unknown = setup.run("register", "s390-linux")  # Nix names it; qemu has no s390 line
     assert unknown.returncode == 2 and "cannot register it" in unknown.stderr
 
 
@@ -149,3 +149,68 @@ def test_removing_an_entry_that_another_remover_takes_first_is_no_error(
         # Two that opened it before either wrote may both see their write taken.
         assert set(results) <= {True, False} and True in results, results
         assert real_binfmt.entries() == []
+
+
+X86_64_MAGIC = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00"
+X86_64_MASK = r"\xff\xff\xff\xff\xff\xfe\xfe\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
+
+
+@pytest.mark.parametrize("system", ["x86_64-linux", "i686-linux"])
+def test_register_refuses_a_system_the_host_runs_natively(setup: Setup, system: str) -> None:
+    require(os.uname().machine == "x86_64", "this host's own systems are x86_64's")
+    refused = setup.run("register", "aarch64-linux", system)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.count("\n") == 1 and "natively" in refused.stderr, refused.stderr
+    assert setup.binfmt.entries() == [] and list(setup.binfmt_d.iterdir()) == []
+    control = setup.run("register", "aarch64-linux")
+    assert control.returncode == 0 and setup.binfmt.entries() == [f"{PREFIX}aarch64-linux"]
+
+
+def test_a_fleets_list_registers_the_others_and_leaves_the_hosts_own_alone(
+    setup: Setup,
+) -> None:
+    """One emulated-systems list for x86_64 and aarch64 builders alike (as Ansible users
+    write it): each machine registers what it does not run itself."""
+    require(os.uname().machine == "x86_64", "this host's own systems are x86_64's")
+    setup.config.write_text(setup.config.read_text()
+                            + 'emulated-systems = ["aarch64-linux", "x86_64-linux"]\n')
+    synced = setup.run("sync")
+    assert synced.returncode == 0, synced.stderr
+    assert setup.binfmt.entries() == [f"{PREFIX}aarch64-linux"]
+    assert setup.run("sync", "--check").returncode == 0
+    registered = setup.run("register")
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    assert "x86_64-linux: x86_64-linux is this host's own system" in registered.stdout
+    assert setup.binfmt.entries() == [f"{PREFIX}aarch64-linux"]
+    assert setup.binfmt.run(["true"]).returncode == 0  # programs still run in there
+
+
+def test_a_handler_for_the_hosts_own_programs_is_named_by_status_and_doctor(
+    setup: Setup, real_binfmt: PrivateBinfmt
+) -> None:
+    """Registered by someone else, it takes every program in the namespace: binfmtd, run
+    from outside on the namespace's binfmt_misc, names it as what it is."""
+    require(os.uname().machine == "x86_64", "the handler below matches x86_64 programs")
+    require(Path("/usr/bin/qemu-x86_64-static").exists(), "qemu-x86_64-static is missing")
+    real_binfmt.register(f":qemu-x86_64:M::{X86_64_MAGIC}:{X86_64_MASK}:"
+                         "/usr/bin/qemu-x86_64-static:F")
+    bricked = real_binfmt.run(["/bin/true"])
+    assert bricked.returncode != 0 and "Too many levels of symbolic links" in bricked.stderr
+    outside = {**os.environ, "BINFMTD_BINFMT_MISC": str(real_binfmt.binfmt_misc),
+               "BINFMTD_NIX_CONF": str(setup.nix_conf), "BINFMTD_CONFIG": str(setup.config)}
+    status = subprocess.run([sys.executable, "-m", "binfmtd", "status"], env=outside,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert status.returncode == 1
+    assert "problem: qemu-x86_64: matches this host's own programs" in status.stdout
+    doctor = subprocess.run([sys.executable, "-m", "binfmtd", "doctor"], env=outside,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert doctor.returncode == 1, doctor.stdout
+    assert "[FAIL] host       qemu-x86_64 matches this host's own programs" in doctor.stdout
+
+
+def test_a_typo_in_a_system_names_the_closest(setup: Setup) -> None:
+    typo = setup.run("register", "aarch64")
+    assert typo.returncode == 2
+    assert typo.stderr == ("binfmtd: 'aarch64' is not a system binfmtd knows "
+                           "(did you mean aarch64-linux?)\n")
+    assert setup.binfmt.entries() == []

@@ -40,6 +40,9 @@ restart = ["/usr/local/sbin/restart-nix", "--now"]
 debounce-seconds = 0.5
 resync-seconds = 60
 restart-interval-seconds = 30
+emulated-systems = ["riscv64-linux", "aarch64-linux", "x86_64-linux"]
+replace-handlers = true
+registration-prefix = "site-"
 """), required=True)
     assert config == Config(
         nix_conf_target="/etc/nix/nix.custom.conf",
@@ -50,6 +53,9 @@ restart-interval-seconds = 30
         debounce_seconds=0.5,
         resync_seconds=60.0,
         restart_interval_seconds=30.0,
+        emulated_systems=("aarch64-linux", "riscv64-linux", "x86_64-linux"),
+        replace_handlers=True,
+        registration_prefix="site-",
     )
 
 
@@ -66,6 +72,15 @@ restart-interval-seconds = 30
         ("debounce-seconds = true", "debounce-seconds must be a positive number"),
         ("nix-conf-target = ''", "nix-conf-target must be a non-empty string"),
         ("declare-i686 = ", "not valid TOML"),
+        ('emulated-systems = ["aarch64"]',
+         r"emulated-systems: 'aarch64' is not a system binfmtd knows \(did you mean "
+         r"aarch64-linux\?\)"),
+        ('emulated-systems = ["arm64-linux"]', r"did you mean aarch64-linux\?"),
+        ('ignore-platforms = ["mips-linux", "risc64-linux"]',
+         r"ignore-platforms: 'risc64-linux' is not a system binfmtd knows \(did you mean "
+         r"riscv64-linux\?\)"),
+        ('ignore-platforms = ["vax-linux"]', r"'vax-linux' is not .* \(known: aarch64-linux "),
+        ('emulated-systems = ["s390-linux"]', r"binfmtd cannot register s390-linux \(it can: "),
     ],
 )
 def test_mistakes_are_one_line_naming_the_key(tmp_path: Path, text: str, message: str) -> None:

@@ -97,7 +97,6 @@ def test_a_malformed_entry_is_a_problem_and_the_others_still_count() -> None:
         (handler(), False, "binfmt_misc as a whole is disabled"),
         (Handler("wine", True, "/usr/bin/wine", frozenset(), None, None, extension="exe"),
          True, "extension .exe"),
-        (handler(magic=X86_64), True, "host's own system"),
         (handler(magic=I386), True, "natively"),
         (handler(magic=bytes.fromhex("a70d0d0a"), ), True, "not an ELF header"),
     ],
@@ -120,6 +119,33 @@ def test_config_adds_i686_drops_armv6l_and_ignores_platforms() -> None:
 def test_the_host_system_is_never_declared() -> None:
     result = make_plan(handler(), handler("x86", X86_64), host="aarch64-linux")
     assert result.platforms == ("x86_64-linux",)
+
+
+@pytest.mark.parametrize(("magic", "host"), [(X86_64, "x86_64-linux"),
+                                             (AARCH64, "aarch64-linux")])
+def test_a_handler_for_the_hosts_own_programs_is_a_problem(magic: bytes, host: str) -> None:
+    """binfmt_misc runs before the native loader: such a handler takes every program."""
+    result = make_plan(handler("qemu-own", magic, interpreter="/usr/bin/qemu-own"),
+                       handler("arm", ARM), host=host)
+    assert result.platforms == ("armv6l-linux", "armv7l-linux")
+    own = result.verdicts[0]
+    assert own.captures_host and own.platforms == ()
+    assert [str(p) for p in result.problems] == [
+        "qemu-own: matches this host's own programs: binfmt_misc is tried before the kernel's "
+        "own loader, so every program on the machine goes through /usr/bin/qemu-own (or fails "
+        "with 'Too many levels of symbolic links'); remove it with "
+        "`echo -1 > /proc/sys/fs/binfmt_misc/qemu-own` and the binfmt.d line that registers "
+        "it at boot"]
+    disabled = make_plan(handler("qemu-own", magic, enabled=False), host=host)
+    assert disabled.problems == ()  # a disabled one takes nothing
+
+
+def test_emulated_systems_the_host_runs_natively_are_no_problem() -> None:
+    """One list for a fleet of x86_64 and aarch64 builders names each one's own system."""
+    fleet = Config(emulated_systems=("aarch64-linux", "i686-linux", "x86_64-linux"))
+    assert make_plan(handler(), config=fleet).problems == ()
+    missing = make_plan(handler("arm", ARM), config=fleet, host="aarch64-linux").problems
+    assert [p.subject for p in missing] == ["i686-linux", "x86_64-linux"]
 
 
 def test_in_sync_means_no_write_and_no_restart() -> None:
