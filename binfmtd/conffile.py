@@ -64,10 +64,11 @@ def managed_file(main_conf: Path, main_text: Optional[str], target: str) -> Path
     """
     if target != "auto":
         return Path(target)
-    included = included_files(main_text or "")
+    folder = main_conf.parent
+    included = {os.path.normpath(folder / name) for name in included_files(main_text or "")}
     for name in (OWN_FILE, DETERMINATE_CUSTOM_FILE):
-        if name in included:
-            return main_conf.parent / name
+        if str(folder / name) in included:  # however it is spelled: ./name, /etc/nix/name
+            return folder / name
     return main_conf
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from .errors import BinfmtdError
 from .proc import run_program, start_program
@@ -120,7 +120,7 @@ class NixReading:
     own start-up.
     """
 
-    def __init__(self, nix: str, conf_dir: str, staged: Optional[str] = None) -> None:
+    def __init__(self, nix: str, conf_dir: str, staged: Optional[Staged] = None) -> None:
         env = {k: v for k, v in os.environ.items() if k != "NIX_CONFIG"}
         env.update(NIX_CONF_DIR=conf_dir, NIX_USER_CONF_FILES="/dev/null")
         self.nix, self.conf_dir, self._env, self._staged = nix, conf_dir, env, staged
@@ -158,7 +158,7 @@ class NixReading:
 
     def _remove_staged(self) -> None:
         if self._staged is not None:
-            _remove(self._staged)
+            _remove(self._staged.folder)
             self._staged = None
 
     def _output(self) -> str:
@@ -172,7 +172,10 @@ class NixReading:
             return result.stdout
         if _unknown_command(result.stderr):
             raise BinfmtdError("this Nix has neither `nix show-config` nor `nix config show`")
-        raise BinfmtdError(f"Nix rejects it: {_last_error(result.stderr)}")
+        said = _last_error(result.stderr)
+        for copy, real in (self._staged.names.items() if self._staged else ()):
+            said = said.replace(copy, real)  # name the admin's files, not the copies
+        raise BinfmtdError(f"Nix rejects it: {said}")
 
 
 def read_in_place(nix_conf: str) -> Optional[NixReading]:
@@ -194,36 +197,100 @@ def read_effective_settings(nix: str, conf_dir: Path) -> dict[str, str]:
     return NixReading(nix, str(conf_dir)).result()
 
 
+class Staged(NamedTuple):
+    """A temp folder laid out for Nix, and the real file each copy in it stands for."""
+
+    folder: str
+    names: dict[str, str]  # path of a copy -> the path of the file it stands for
+
+
 def start_reading(nix: str, main_conf: Path, managed: Path, text: str,
                   main_text: str) -> NixReading:
     """Ask Nix about the files as they would be with `text` in `managed`.
 
-    The files go into a temp folder laid out like the real one: the main nix.conf (or
-    the text, when it is the main file) and the siblings it includes.
+    Nix reads nix.conf in NIX_CONF_DIR and resolves each include against the folder of the
+    file that includes it, so a copy of nix.conf alone would lose every relative include.
+    The temp folder gets a copy of nix.conf and of every file it reaches through includes,
+    each include pointing at its copy, `text` standing in for `managed`; Nix's messages
+    name the real files again.
     """
     import tempfile  # only a staged reading needs it: status reads the real folder
-    from pathlib import Path
 
-    from .nixconf import included_files
-
-    staged = Path(tempfile.mkdtemp(prefix="binfmtd-validate-"))
+    folder = tempfile.mkdtemp(prefix="binfmtd-validate-")
     try:
-        siblings = [n for n in included_files(main_text) if "/" not in n]
-        if managed == main_conf or managed.name not in siblings:
-            main_text, siblings = text, []  # the text stands alone
-        _stage(staged / "nix.conf", main_text)
-        for name in siblings:
-            if main_conf.parent / name == managed:
-                _stage(staged / name, text)
-            elif (main_conf.parent / name).exists():
-                os.symlink(main_conf.parent / name, staged / name)
-        return NixReading(nix, str(staged), staged=str(staged))
+        stager = _Stager(folder, str(managed), text)
+        stager.copy(str(main_conf), text if managed == main_conf else main_text, "nix.conf")
+        return NixReading(nix, folder, staged=Staged(folder, stager.names))
     except BaseException:
-        _remove(str(staged))
+        _remove(folder)
         raise
 
 
+class _Stager:
+    """Copies a nix.conf and what it includes into one folder, includes pointing inside."""
+
+    def __init__(self, folder: str, managed: str, text: str) -> None:
+        self.folder, self.managed, self.text = folder, managed, text
+        self.names: dict[str, str] = {}  # copy -> real
+        self._copies: dict[str, str] = {}  # real -> copy
+
+    def copy(self, real: str, text: Optional[str], name: str) -> str:
+        """Write `text` (None: the file is missing) as the copy of `real`; its path."""
+        copy = os.path.join(self.folder, name)
+        self.names[copy], self._copies[real] = real, copy
+        if text is None:
+            return copy  # not written: Nix finds it missing, as it would the real one
+        lines = text.split("\n")
+        for number, line in enumerate(lines):
+            include = _include_line(line)
+            if include is not None:
+                keyword, target = include
+                where = os.path.normpath(os.path.join(os.path.dirname(real), target))
+                lines[number] = f"{keyword} {self._staged(where)}"
+        _stage(copy, "\n".join(lines))
+        return copy
+
+    def _staged(self, real: str) -> str:
+        """The copy that stands for `real`, made on first sight (a cycle reuses it, as
+        Nix would loop over the real files)."""
+        if real in self._copies:
+            return self._copies[real]
+        name = f"{len(self._copies)}-{os.path.basename(real)}"
+        if os.path.realpath(real) == os.path.realpath(self.managed):
+            return self.copy(real, self.text, name)
+        return self.copy(real, _included_text(real), name)
+
+
+def _include_line(line: str) -> Optional[tuple[str, str]]:
+    """(`include` or `!include`, the path) where Nix reads `line` as an include."""
+    from .nixconf import INCLUDE_KEYS, NIX_WHITESPACE
+
+    words = NIX_WHITESPACE.split(line.split("#", 1)[0].strip(" \t\r"))
+    if words[0] in INCLUDE_KEYS and len(words) == 2:
+        return words[0], words[1]
+    return None
+
+
+def _included_text(path: str) -> Optional[str]:
+    """What Nix reads of an included file: None when it does not exist; nothing from a
+    file it cannot read (Nix skips those without a word)."""
+    from pathlib import Path
+
+    from .conffile import read_conf_text
+
+    if not os.path.lexists(path):
+        return None
+    try:
+        return read_conf_text(Path(path)) or ""
+    except BinfmtdError:
+        return ""
+
+
 def _last_error(stderr: str) -> str:
+    """Nix's last error line, without its colours (Nix colours some even into a pipe)."""
+    import re
+
+    stderr = re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]", "", stderr)
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error")]
     return (errors or lines or ["no message"])[-1]
@@ -251,5 +318,6 @@ def _remove(folder: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _stage(path: Path, text: str) -> None:
-    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+def _stage(path: str, text: str) -> None:
+    with open(path, "wb") as file:
+        file.write(text.encode("utf-8", "surrogateescape"))

@@ -317,3 +317,48 @@ def test_a_templated_nix_conf_that_includes_binfmtd_conf_is_never_written(
     sandbox.nix_conf.write_text(template.replace("!include binfmtd.conf\n", ""))
     assert sandbox.run("sync").returncode == 0
     assert "extra-extra-platforms" in sandbox.nix_conf.read_text()
+
+
+# --- includes, resolved as Nix resolves them -----------------------------------------
+
+
+def test_a_relative_include_is_read_where_nix_reads_it(sandbox: Sandbox) -> None:
+    """`include extra.conf` means the file beside nix.conf, and what that file includes
+    is relative to its own folder: validation must read them there, or it refuses a file
+    Nix itself reads."""
+    folder = sandbox.nix_conf.parent
+    (folder / "extra.conf").write_text("connect-timeout = 7\ninclude sub/more.conf\n")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "more.conf").write_text("cores = 3\n")
+    sandbox.nix_conf.write_text(ORIGINAL + "include extra.conf\n!include absent.conf\n")
+    synced = sandbox.run("sync")
+    assert synced.returncode == 0, synced.stderr
+    report = status_json(sandbox)
+    assert report["in_sync"], report["problems"]
+    assert (report["effective"]["connect-timeout"], report["effective"]["cores"]) == ("7", "3")
+
+
+def test_a_missing_include_is_named_by_its_real_path(sandbox: Sandbox) -> None:
+    sandbox.nix_conf.write_text(ORIGINAL + "include absent.conf\n")
+    refused = sandbox.run("sync")
+    assert refused.returncode == 2
+    absent = sandbox.nix_conf.parent / "absent.conf"
+    assert refused.stderr == (
+        f"binfmtd: {sandbox.nix_conf}: Nix rejects it: error: file '{absent}' included from "
+        f"'{sandbox.nix_conf}' not found (it did so before binfmtd's change too: fix the "
+        "file first)\n")
+    (sandbox.nix_conf.parent / "absent.conf").write_text("")
+    assert sandbox.run("sync").returncode == 0  # the control: with the file there
+
+
+def test_the_determinate_file_is_validated_with_its_own_includes(sandbox: Sandbox) -> None:
+    """nix.custom.conf holds the block, and includes a file of its own: its copy must
+    still find it."""
+    folder = sandbox.nix_conf.parent
+    sandbox.nix_conf.write_text(ORIGINAL + "!include nix.custom.conf\n")
+    (folder / "nix.custom.conf").write_text("include local.conf\n")
+    (folder / "local.conf").write_text("max-jobs = 5\n")
+    synced = sandbox.run("sync")
+    assert synced.returncode == 0, synced.stderr
+    assert "extra-extra-platforms" in (folder / "nix.custom.conf").read_text()
+    assert status_json(sandbox)["effective"]["max-jobs"] == "5"

@@ -136,6 +136,11 @@ def test_missing_file_reads_as_none(tmp_path: Path) -> None:
         ("a = 1\n!include nix.custom.conf\n", "auto", "nix.custom.conf"),
         ("include nix.custom.conf\n", "auto", "nix.custom.conf"),
         ("!include nix.custom.conf\n", "/etc/other.conf", "/etc/other.conf"),
+        ("!include ./binfmtd.conf  # binfmtd's own\n", "auto", "binfmtd.conf"),
+        ("include /etc/nix/nix.custom.conf\n", "auto", "nix.custom.conf"),
+        ("include sub/../nix.custom.conf\n", "auto", "nix.custom.conf"),
+        ("include /elsewhere/nix.custom.conf\n", "auto", "nix.conf"),
+        ("# !include binfmtd.conf\n", "auto", "nix.conf"),
     ],
 )
 def test_the_managed_file_follows_determinate_nix_layout(
