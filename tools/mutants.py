@@ -89,7 +89,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "nixconf: a moved block takes the newline before it, gluing its neighbours",
            "tests/unit/test_nixconf.py"),
     # Validation reads the includes where Nix does (binfmtd/nixtool.py).
-    Mutant("binfmtd/nixtool.py", '                lines[number] = f"{keyword} {self._staged(where)}"\n',
+    Mutant("binfmtd/nixtool.py",
+           '                lines[number] = f"{keyword} {self._staged(where)}"\n',
            "                pass\n", "validate: the copy of nix.conf loses its includes",
            "tests/cli/test_cli.py"),
     # Never the host's own system (binfmtd/platforms.py): a handler for it bricks the host.
