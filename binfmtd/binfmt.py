@@ -22,6 +22,8 @@ import re
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
 
+from .errors import BinfmtdError
+
 # Names in the binfmt_misc folder that are not handlers.
 CONTROL_FILES = frozenset({"register", "status"})
 KNOWN_FLAGS = frozenset("POCF")
@@ -140,8 +142,13 @@ def read_binfmt_state(folder: Path) -> BinfmtState:
     """Read every entry of a binfmt_misc folder (the real one or a copy in a test)."""
     try:
         names = sorted(os.listdir(folder))
-    except FileNotFoundError:
+    except FileNotFoundError:  # a kernel without binfmt_misc, not loaded yet
         return BinfmtState(mounted=False, enabled=False, entries=())
+    except NotADirectoryError:
+        raise BinfmtdError(f"{folder} is not a folder: binfmt_misc is the folder "
+                           "/proc/sys/fs/binfmt_misc") from None
+    except OSError as error:
+        raise BinfmtdError(f"cannot read {folder}: {error.strerror}") from error
     if "register" not in names:
         return BinfmtState(mounted=False, enabled=False, entries=())
     status = _read_text(folder / "status")

@@ -12,6 +12,7 @@ from .errors import BinfmtdError
 if TYPE_CHECKING:  # main() asks Nix first: argparse, pathlib and the core come after
     import argparse
     from collections.abc import Sequence
+    from pathlib import Path
 
     from .config import Config, Host
     from .host import Outcome, World
@@ -160,22 +161,49 @@ def _positive(text: str) -> int:
 
 
 def host_from(args: argparse.Namespace) -> Host:
-    """Paths from options, else BINFMTD_* variables, else the defaults."""
-    from pathlib import Path
-
+    """Paths from options, else BINFMTD_* variables, else the defaults; each checked to be
+    what it should be (a folder, a file) and absolute, as the shell meant a relative one."""
     from .config import Host
+    from .files import check_file, check_folder
     from .platforms import host_system
 
-    config = args.config or os.environ.get("BINFMTD_CONFIG")
-    return Host(
-        system=host_system(os.uname().machine),
-        binfmt_misc=Path(args.binfmt_misc or _from_env("BINFMTD_BINFMT_MISC",
-                                                       DEFAULT_BINFMT_MISC)),
-        nix_conf=Path(args.nix_conf or _from_env("BINFMTD_NIX_CONF", DEFAULT_NIX_CONF)),
-        config=Path(config or DEFAULT_CONFIG),
-        config_required=bool(config),
-        binfmt_d=Path(_from_env("BINFMTD_BINFMT_D", DEFAULT_BINFMT_D)),
-    )
+    binfmt_misc, binfmt_misc_from = _path(args.binfmt_misc, "--binfmt-misc",
+                                          "BINFMTD_BINFMT_MISC", DEFAULT_BINFMT_MISC)
+    nix_conf, nix_conf_from = _path(args.nix_conf, "--nix-conf", "BINFMTD_NIX_CONF",
+                                    DEFAULT_NIX_CONF)
+    config, config_from = _path(args.config, "--config", "BINFMTD_CONFIG", DEFAULT_CONFIG)
+    binfmt_d, binfmt_d_from = _path(None, "", "BINFMTD_BINFMT_D", DEFAULT_BINFMT_D)
+    check_folder(binfmt_misc, _hint(binfmt_misc_from, "binfmt_misc's folder",
+                                    DEFAULT_BINFMT_MISC), must_exist=bool(binfmt_misc_from))
+    # A nix.conf may be missing (sync makes it), but Nix reads no file of another name.
+    check_file(nix_conf, _hint(nix_conf_from, "the nix.conf Nix reads", DEFAULT_NIX_CONF),
+               must_exist=bool(nix_conf_from) and nix_conf.name != "nix.conf")
+    check_file(config, _hint(config_from, "binfmtd's config.toml", DEFAULT_CONFIG),
+               must_exist=bool(config_from))
+    check_folder(binfmt_d, _hint(binfmt_d_from, "the folder of binfmt.d lines",
+                                 DEFAULT_BINFMT_D), must_exist=False)
+    return Host(system=host_system(os.uname().machine), binfmt_misc=binfmt_misc,
+                nix_conf=nix_conf, config=config, config_required=bool(config_from),
+                binfmt_d=binfmt_d)
+
+
+def _path(given: Optional[Path], option: str, variable: str,
+          default: str) -> tuple[Path, str]:
+    """The absolute path an option or variable names, else the default, and which named it
+    ("" for the default)."""
+    from pathlib import Path
+
+    if given is not None and str(given):
+        return Path(os.path.abspath(given)), option
+    if os.environ.get(variable):
+        return Path(os.path.abspath(os.environ[variable])), variable
+    return Path(default), ""
+
+
+def _hint(source: str, names: str, default: str) -> str:
+    """What belongs at a path, and where it was named, for an error about it."""
+    named = f"{source} names {names}" if source else f"{names} is here by default"
+    return f"{named} (default {default})"
 
 
 def _from_env(name: str, default: str) -> str:
@@ -203,7 +231,7 @@ def _ask_nix_first(words: Sequence[str]) -> Optional[NixReading]:
     from .nixtool import read_in_place
 
     try:
-        return read_in_place(_from_env("BINFMTD_NIX_CONF", DEFAULT_NIX_CONF))
+        return read_in_place(os.path.abspath(_from_env("BINFMTD_NIX_CONF", DEFAULT_NIX_CONF)))
     except BinfmtdError:  # Nix cannot run: status meets it again and says so
         return None
 
@@ -223,6 +251,13 @@ def _run(words: Sequence[str], command: Optional[str], early: Optional[NixReadin
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception:  # a bug: its traceback, and never exit 1, which means "out of sync"
+        import traceback
+
+        traceback.print_exc()
+        print("binfmtd: internal error (a bug in binfmtd; please report it with the "
+              "traceback above)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def cmd_status(args: argparse.Namespace, host: Host, config: Config,

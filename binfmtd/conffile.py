@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import BinfmtdError
+from .files import read_small_file
 from .nixconf import included_files
 
 SELINUX_XATTR = "security.selinux"
@@ -22,14 +23,13 @@ OWN_FILE = "binfmtd.conf"  # `!include binfmtd.conf` in a templated nix.conf
 NIX_STORE = "/nix/store/"
 
 
+NIX_CONF_HINT = "a nix.conf belongs there (Nix reads /etc/nix/nix.conf)"
+
+
 def read_conf_text(path: Path) -> Optional[str]:
     """The file's text (bytes kept through surrogateescape), None when it does not exist."""
-    try:
-        return path.read_bytes().decode("utf-8", "surrogateescape")
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        raise BinfmtdError(f"cannot read {path}: {error.strerror}") from error
+    found = read_small_file(path, NIX_CONF_HINT)
+    return None if found is None else found.data.decode("utf-8", "surrogateescape")
 
 
 def foreign_owner(path: Path) -> Optional[str]:

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, Optional
 
 from .emulators import EMULATIONS
 from .errors import BinfmtdError
+from .files import read_small_file
 from .platforms import known_systems, unknown_system
 
 
@@ -180,20 +181,19 @@ def refuse_unsafe_owner(path: Path, stat: os.stat_result, euid: int) -> None:
         raise BinfmtdError(f"{path}: writable by group or others: refused (chmod go-w {path})")
 
 
+CONFIG_HINT = "binfmtd's config.toml belongs there (/etc/binfmtd/config.toml)"
+
+
 def read_config(path: Path, *, required: bool) -> Config:
     """Read config.toml; a missing file means defaults unless the user named it."""
-    try:
-        with open(path, "rb") as file:
-            refuse_unsafe_owner(path, os.fstat(file.fileno()), os.geteuid())
-            raw = file.read()
-    except FileNotFoundError:
+    found = read_small_file(path, CONFIG_HINT)
+    if found is None:
         if required:
-            raise BinfmtdError(f"{path}: no such file (check --config or BINFMTD_CONFIG)") from None
+            raise BinfmtdError(f"{path}: no such file (check --config or BINFMTD_CONFIG)")
         return Config()
-    except OSError as error:
-        raise BinfmtdError(f"{path}: cannot read: {error.strerror}") from error
+    refuse_unsafe_owner(path, found.stat, os.geteuid())
     try:
-        text = raw.decode("utf-8")
+        text = found.data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise BinfmtdError(f"{path}: not valid TOML: {error}") from error
     if all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):

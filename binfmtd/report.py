@@ -35,7 +35,8 @@ class Report(NamedTuple):
     @property
     def healthy(self) -> bool:
         return (self.nix_installed and self.plan.in_sync and not self.plan.problems
-                and not self.stale_daemons and self.unit_failure is None)
+                and not self.stale_daemons and self.unit_failure is None
+                and self.effective_error is None)
 
 
 def _interpreter_kind(verdict: Verdict) -> Optional[str]:
@@ -65,6 +66,7 @@ def to_json(report: Report, **extra: Any) -> dict[str, Any]:
         "problems": [str(p) for p in plan.problems],
         "notes": list(plan.notes),
         "effective": report.effective,
+        "effective_error": report.effective_error,
         "nix_installed": report.nix_installed,
         "nix": ({"path": report.nix, "version": report.nix_version}
                 if report.nix is not None else None),
@@ -175,6 +177,8 @@ def _verdict_line(report: Report) -> str:
         return "cannot edit nix.conf: see the problem above"
     if not plan.in_sync:
         return "OUT OF SYNC: run `binfmtd sync`"
+    if report.effective_error:
+        return "in sync, but Nix cannot read nix.conf as it stands (see `Nix says` above)"
     if report.unit_failure:
         return "in sync, but nix-daemon has failed (see above)"
     if report.stale_daemons:

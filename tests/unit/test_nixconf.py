@@ -145,7 +145,8 @@ def test_every_byte_outside_the_block_survives_sync_and_remove() -> None:
     and remove gives the file without it; nothing of the admin's lines is lost or glued."""
     kinds: Counter[str] = Counter()
 
-    @settings(max_examples=PLACEMENT_EXAMPLES, database=None)
+    # derandomize: the same examples every run, so the shares below are a figure, not luck
+    @settings(max_examples=PLACEMENT_EXAMPLES, database=None, derandomize=True)
     @given(placed_blocks())
     def check(placed: Placed) -> None:
         kinds.update(placed.kinds)
@@ -287,11 +288,12 @@ def test_nix_reads_every_setting_but_binfmtds_the_same_after_sync(
     (tmp_path / "extra.conf").write_text("builders-use-substitutes = true\n")
     moved: Counter[str] = Counter()
 
-    @settings(max_examples=NIX_EXAMPLES, database=None)
-    @given(st.lists(NIX_LINE, max_size=6), st.integers(0, 6), st.booleans())
-    def check(lines: list[str], at: int, final_newline: bool) -> None:
-        at = min(at, len(lines))
-        moved["middle" if 0 < at < len(lines) else "edge"] += 1
+    @settings(max_examples=NIX_EXAMPLES, database=None, derandomize=True)
+    @given(st.lists(NIX_LINE, min_size=2, max_size=6), st.sampled_from(["start", "middle", "end"]),
+           st.booleans())
+    def check(lines: list[str], where: str, final_newline: bool) -> None:
+        at = {"start": 0, "middle": len(lines) // 2, "end": len(lines)}[where]
+        moved[where] += 1
         text = "\n".join([*lines[:at], *(OTHER_BLOCK or "").splitlines(), *lines[at:]])
         text += "\n" if final_newline else ""
         before = nix_reads(nix, tmp_path, text)
@@ -301,4 +303,4 @@ def test_nix_reads_every_setting_but_binfmtds_the_same_after_sync(
         assert after == before
 
     check()
-    assert moved["middle"] >= NIX_EXAMPLES // 5, moved
+    assert moved["middle"] >= NIX_EXAMPLES // 10, moved

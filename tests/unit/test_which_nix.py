@@ -43,3 +43,12 @@ def test_the_version_is_the_last_word_nix_prints(printed: str, version: str | No
 def test_the_install_hint_names_the_distributions_own_command(os_release: str,
                                                               hint: str) -> None:
     assert install_hint(os_release) == hint
+
+
+def test_nixs_colours_never_reach_the_user() -> None:
+    """Nix 2.8 colours an error it did not catch even into a pipe, NO_COLOR or not."""
+    from binfmtd.nixtool import _last_error
+
+    said = ("terminate called after throwing an instance of 'nix::Error'\n"
+            "  what():  \x1b[31;1merror:\x1b[0m not an absolute path: '\x1b[35;1m.\x1b[0m'\n")
+    assert _last_error(said) == "what():  error: not an absolute path: '.'"

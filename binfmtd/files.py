@@ -1,0 +1,110 @@
+"""What is at a path binfmtd is pointed at, before it trusts it to be what it should be.
+
+An admin's --nix-conf may name a folder, a FIFO (open() would wait for a writer for ever),
+a device (/dev/zero never ends), a dangling link or a file of gigabytes; --binfmt-misc may
+name a file. Each is one line that says what is there and what was expected, never a
+hang, a traceback or a read of the whole thing.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+from .errors import BinfmtdError
+
+# The largest nix.conf or config.toml binfmtd reads: real ones are a few kilobytes.
+MAX_BYTES = 1 << 20
+
+
+class FileRead(NamedTuple):
+    """A regular file's bytes, and what fstat said of it while it was open."""
+
+    data: bytes
+    stat: os.stat_result
+
+
+def read_small_file(path: Path, hint: str) -> Optional[FileRead]:
+    """The bytes of the regular file at `path`; None when nothing is there; BinfmtdError
+    for anything else at the path, its message ending in `hint` (what belongs there)."""
+    try:
+        # O_NONBLOCK: a FIFO opens at once instead of waiting for a writer; it is refused
+        # below. O_NOCTTY: a terminal never becomes binfmtd's.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        _refuse_dangling(path, hint)
+        return None
+    except OSError as error:
+        raise BinfmtdError(f"cannot read {path}: {error.strerror}") from error
+    with os.fdopen(fd, "rb") as file:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise BinfmtdError(f"{path} is {kind_of(found.st_mode)}, not a file: {hint}")
+        data = file.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise BinfmtdError(_too_large(path, hint))
+    return FileRead(data, found)
+
+
+def _too_large(path: Path, hint: str) -> str:
+    return (f"{path} is larger than {MAX_BYTES // 1024} KiB, more than such a file ever "
+            f"holds: {hint}")
+
+
+def check_folder(path: Path, hint: str, *, must_exist: bool) -> None:
+    """BinfmtdError unless `path` is a folder, or (unless `must_exist`) nothing at all."""
+    mode = _mode_at(path, hint)
+    if mode is None and must_exist:
+        raise BinfmtdError(f"{path} does not exist: {hint}")
+    if mode is not None and not stat.S_ISDIR(mode):
+        raise BinfmtdError(f"{path} is {kind_of(mode)}, not a folder: {hint}")
+
+
+def check_file(path: Path, hint: str, *, must_exist: bool) -> None:
+    """BinfmtdError unless `path` is a regular file of a sane size, or (unless `must_exist`)
+    nothing yet; either way not under something that is not a folder."""
+    parent = _mode_at(path.parent, hint)
+    if parent is not None and not stat.S_ISDIR(parent):
+        raise BinfmtdError(f"{path} is inside {path.parent}, which is {kind_of(parent)}, not a "
+                           f"folder: {hint}")
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        _refuse_dangling(path, hint)
+        if must_exist:
+            raise BinfmtdError(f"{path} does not exist: {hint}") from None
+        return
+    except OSError as error:
+        raise BinfmtdError(f"cannot look at {path}: {error.strerror}") from error
+    if not stat.S_ISREG(found.st_mode):
+        raise BinfmtdError(f"{path} is {kind_of(found.st_mode)}, not a file: {hint}")
+    if found.st_size > MAX_BYTES:
+        raise BinfmtdError(_too_large(path, hint))
+
+
+def kind_of(mode: int) -> str:
+    """What a file of this mode is, in words: 'a folder', 'a FIFO'."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISREG, "a file"))
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def _mode_at(path: Path, hint: str) -> Optional[int]:
+    """The mode of what is at `path`, links followed; None when nothing is there."""
+    try:
+        return os.stat(path).st_mode
+    except FileNotFoundError:
+        _refuse_dangling(path, hint)
+        return None
+    except OSError as error:  # EACCES on a folder on the way, ENOTDIR, ELOOP
+        raise BinfmtdError(f"cannot look at {path}: {error.strerror}") from error
+
+
+def _refuse_dangling(path: Path, hint: str) -> None:
+    """Nothing at `path`: fine, unless it is a link to nothing (someone meant something)."""
+    if os.path.islink(path):
+        raise BinfmtdError(f"{path} is a link to {os.readlink(path)}, which does not exist: "
+                           f"{hint}")
