@@ -56,6 +56,7 @@ class Interpreter(NamedTuple):
     loader: Optional[str] = None  # PT_INTERP; None for a static file
     libraries: tuple[str, ...] = ()  # what the loader maps, with their link targets
     error: Optional[str] = None  # why the file could not be understood
+    untrusted: tuple[tuple[str, str], ...] = ()  # (path, why): paths others could change
 
     @property
     def is_static(self) -> bool:

@@ -388,7 +388,10 @@ def cmd_doctor(args: argparse.Namespace, host: Host, config: Config) -> int:
     report = gather_report(looked.world, looked.plan, host, config, reading)
     from .reconcile import emulated_here
 
-    systems = tuple(sorted(set(looked.plan.platforms) | set(emulated_here(config, host.system))))
+    broken = {v.systems[0] for v in looked.plan.verdicts
+              if v.problems and v.systems and not v.captures_host}
+    systems = tuple(sorted({*looked.plan.platforms, *emulated_here(config, host.system),
+                            *broken}))
     diagnoses = doctor.diagnose(report, systems, as_root=os.geteuid() == 0)
     if args.json:
         print_json(doctor.to_json(diagnoses))

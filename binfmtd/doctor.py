@@ -57,6 +57,9 @@ def sandbox_paths(report: Report) -> list[str]:
 def _checks(report: Report, system: str, visible: list[str], as_root: bool) -> list[Check]:
     serving = [v for v in report.plan.verdicts if system in v.platforms]
     if not serving:
+        broken = [v for v in report.plan.verdicts if system in v.systems and v.problems]
+        if broken:
+            return [Check("handler", False, f"{v.name}: {v.problems[0]}") for v in broken]
         return [Check("handler", False, "no working handler: see binfmtd status, or run "
                                          f"binfmtd register {system}")]
     handler = serving[0].handler

@@ -8,6 +8,8 @@ a dynamic one also needs its loader and every library the loader maps.
 from __future__ import annotations
 
 import os
+import stat
+from typing import Optional
 
 from .binfmt import Interpreter
 from .elf import NotAnElfFile, program_interpreter
@@ -26,13 +28,80 @@ def read_interpreter(path: str) -> Interpreter:
     except (OSError, NotAnElfFile) as error:
         return Interpreter(path, True, targets, error=_reason(error))
     if loader is None:
-        return Interpreter(path, True, targets)
+        return Interpreter(path, True, targets, untrusted=untrusted_paths((path, *targets)))
     try:
         libraries = list_libraries(loader, path)
     except BinfmtdError as error:
         return Interpreter(path, True, targets, loader, error=str(error))
-    with_links = [hop for library in libraries for hop in (library, *link_chain(library))]
-    return Interpreter(path, True, targets, loader, tuple(dict.fromkeys(with_links)))
+    with_links = tuple(dict.fromkeys(
+        hop for library in libraries for hop in (library, *link_chain(library))))
+    return Interpreter(path, True, targets, loader, with_links,
+                       untrusted=untrusted_paths((path, *targets, *with_links)))
+
+
+def untrusted_paths(paths: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(path, why) for each path a user other than root could change.
+
+    A path in extra-sandbox-paths is run by every sandboxed build for its system, for every
+    user of nix-daemon: whoever can replace it controls those builds' output. Like sshd's
+    StrictModes, the file and every folder above it must belong to root and be writable by
+    no one else; a sticky folder (/tmp) may be, since its other users cannot replace what
+    root owns in it.
+    """
+    found = []
+    for path in paths:
+        why = _untrusted_reason(path)
+        if why is not None:
+            found.append((path, why))
+    return tuple(found)
+
+
+def _untrusted_reason(path: str) -> Optional[str]:
+    """Why someone other than root could change `path`, as spelled or where it leads."""
+    for spelled in dict.fromkeys((path, os.path.realpath(path))):
+        parts = spelled.split("/")
+        for depth in range(len(parts), 0, -1):
+            why = _component_reason("/".join(parts[:depth]) or "/")
+            if why is not None:
+                return why
+    return None
+
+
+def _component_reason(path: str) -> Optional[str]:
+    """Why this one file, link or folder lets someone other than root change what is below."""
+    try:
+        found = os.lstat(path)
+    except OSError:
+        return None  # gone meanwhile: the next read sees it missing
+    if found.st_uid != 0:
+        return f"{path} belongs to {_user(found.st_uid)}, not root"
+    sticky_folder = stat.S_ISDIR(found.st_mode) and found.st_mode & stat.S_ISVTX
+    if stat.S_ISLNK(found.st_mode) or sticky_folder:
+        return None
+    if found.st_mode & stat.S_IWOTH:
+        return f"{path} is writable by every user (mode {found.st_mode & 0o7777:04o})"
+    if found.st_mode & stat.S_IWGRP and found.st_gid != 0:
+        return (f"{path} is writable by group {_group(found.st_gid)} (mode "
+                f"{found.st_mode & 0o7777:04o})")
+    return None
+
+
+def _user(uid: int) -> str:
+    import pwd  # only a finding pays for it
+
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _group(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def _reason(error: Exception) -> str:

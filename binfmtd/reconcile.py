@@ -297,5 +297,11 @@ def _with_interpreter(
         unsafe = unsafe_path_reason(path)
         if unsafe:
             return broken(f"sandbox path {path!r} {unsafe}; not declared")
+    untrusted = dict(interpreter.untrusted)
+    for path in paths:
+        if path in untrusted:
+            return broken(f"sandbox path {path} is not root's alone: {untrusted[path]}, and "
+                          f"whoever can change it controls every {served[0]} build; not "
+                          "declared (make it root's: chown root, chmod go-w)")
     return Verdict(name, handler, systems=served, platforms=systems,
                    sandbox_paths=tuple(paths), interpreter=interpreter)

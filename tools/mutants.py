@@ -93,6 +93,10 @@ MUTANTS: tuple[Mutant, ...] = (
            '                lines[number] = f"{keyword} {self._staged(where)}"\n',
            "                pass\n", "validate: the copy of nix.conf loses its includes",
            "tests/cli/test_cli.py"),
+    # Only paths root alone can change go into the sandbox (binfmtd/reconcile.py).
+    Mutant("binfmtd/reconcile.py", "        if path in untrusted:\n", "        if False:\n",
+           "sandbox: an interpreter others may change is declared",
+           "tests/integration/test_register_doctor.py"),
     # Never the host's own system (binfmtd/platforms.py): a handler for it bricks the host.
     Mutant("binfmtd/platforms.py", "    if system == host_system:\n        return (f\"{system} is",
            "    if False:\n        return (f\"{system} is",

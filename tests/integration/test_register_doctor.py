@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -214,3 +215,33 @@ def test_a_typo_in_a_system_names_the_closest(setup: Setup) -> None:
     assert typo.stderr == ("binfmtd: 'aarch64' is not a system binfmtd knows "
                            "(did you mean aarch64-linux?)\n")
     assert setup.binfmt.entries() == []
+
+
+@pytest.mark.parametrize("loosen", ["file writable by all", "folder writable by all",
+                                    "file of another user"])
+def test_an_interpreter_others_may_change_never_reaches_the_sandbox(
+    setup: Setup, real_binfmt: PrivateBinfmt, loosen: str
+) -> None:
+    """A handler without F: its interpreter goes into every aarch64 build's sandbox, so
+    binfmtd declares it only while root alone can change it and the folders above it."""
+    folder = setup.root / "emu"
+    folder.mkdir()
+    qemu = folder / "qemu-aarch64"
+    shutil.copy("/usr/bin/qemu-aarch64-static", qemu)
+    real_binfmt.register(binfmt_line("binfmtd-test-loose", str(qemu), flags="P"))
+    assert setup.run("sync").returncode == 0  # the control: root's alone, so declared
+    assert f"extra-sandbox-paths = {qemu}?" in setup.nix_conf.read_text()
+    {"file writable by all": lambda: qemu.chmod(0o777),
+     "folder writable by all": lambda: folder.chmod(0o777),
+     "file of another user": lambda: os.chown(qemu, 65534, 0)}[loosen]()
+    status = setup.run("status")
+    assert status.returncode == 1
+    assert f"problem: binfmtd-test-loose: sandbox path {qemu} is not root's alone: " \
+           in status.stdout, status.stdout
+    assert setup.run("sync").returncode == 0
+    assert str(qemu) not in setup.nix_conf.read_text()
+    assert "aarch64-linux" not in setup.nix_conf.read_text()
+    doctor = setup.run("doctor")
+    assert doctor.returncode == 1
+    assert f"aarch64-linux\n  [FAIL] handler    binfmtd-test-loose: sandbox path {qemu} " \
+           in doctor.stdout, doctor.stdout

@@ -191,3 +191,21 @@ def test_a_users_own_extra_platforms_line_is_pointed_out() -> None:
 def test_two_handlers_for_one_system_declare_it_once() -> None:
     result = make_plan(handler(), handler()._replace(name="qemu-aarch64-2"))
     assert result.platforms == ("aarch64-linux",)
+
+
+def test_a_sandbox_path_others_may_change_is_never_declared() -> None:
+    """Whoever can replace the interpreter of a handler without F controls every build
+    for its system: binfmtd names the path and declares nothing for it."""
+    why = "/opt/emu is writable by every user (mode 0777)"
+    risky = Interpreter("/opt/emu/qemu-aarch64", True, untrusted=(("/opt/emu/qemu-aarch64", why),))
+    without_f = make_plan(handler(flags="P", interpreter="/opt/emu/qemu-aarch64"),
+                          interpreters={"/opt/emu/qemu-aarch64": risky})
+    assert without_f.platforms == () and without_f.sandbox_paths == ()
+    assert [str(p) for p in without_f.problems] == [
+        "qemu-aarch64: sandbox path /opt/emu/qemu-aarch64 is not root's alone: /opt/emu is "
+        "writable by every user (mode 0777), and whoever can change it controls every "
+        "aarch64-linux build; not declared (make it root's: chown root, chmod go-w)"]
+    with_f = make_plan(handler(flags="PF", interpreter="/opt/emu/qemu-aarch64"),
+                       interpreters={"/opt/emu/qemu-aarch64": risky})
+    assert with_f.platforms == ("aarch64-linux",)  # the kernel holds it: nothing declared
+    assert with_f.sandbox_paths == () and with_f.problems == ()
