@@ -123,6 +123,20 @@ def test_a_hand_edit_that_drops_the_block_is_repaired(
     assert daemon.nix_conf.read_text().startswith("sandbox = true\nmax-jobs = 4\n")
 
 
+def test_a_block_moved_by_hand_goes_back_last_and_its_neighbours_stay_apart(
+    daemon: RunningDaemon, real_binfmt: PrivateBinfmt
+) -> None:
+    """The admin moves the block between a comment and a setting: within a second the
+    daemon puts it back at the end, each line of the admin's still on its own."""
+    real_binfmt.register(RISCV64)
+    daemon.start()
+    daemon.wait_for_message("READY=1")
+    block = daemon.nix_conf.read_text().split("\n\n", 1)[1]
+    daemon.nix_conf.write_text(f"sandbox = true\n# my settings\n{block}max-jobs = 8\n")
+    daemon.wait_until(lambda: daemon.nix_conf.read_text().endswith(block), timeout=1)
+    assert daemon.nix_conf.read_text() == f"sandbox = true\n# my settings\nmax-jobs = 8\n\n{block}"
+
+
 def test_sighup_reloads_the_config_and_resyncs(
     daemon: RunningDaemon, real_binfmt: PrivateBinfmt
 ) -> None:
