@@ -179,7 +179,7 @@ def host_from(args: argparse.Namespace) -> Host:
     check_file(nix_conf, _hint(nix_conf_from, "the nix.conf Nix reads", DEFAULT_NIX_CONF),
                must_exist=bool(nix_conf_from) and nix_conf.name != "nix.conf")
     check_file(config, _hint(config_from, "binfmtd's config.toml", DEFAULT_CONFIG),
-               must_exist=bool(config_from))
+               must_exist=bool(config_from), pipe_ok=True)
     check_folder(binfmt_d, _hint(binfmt_d_from, "the folder of binfmt.d lines",
                                  DEFAULT_BINFMT_D), must_exist=False)
     return Host(system=host_system(os.uname().machine), binfmt_misc=binfmt_misc,

@@ -186,7 +186,7 @@ CONFIG_HINT = "binfmtd's config.toml belongs there (/etc/binfmtd/config.toml)"
 
 def read_config(path: Path, *, required: bool) -> Config:
     """Read config.toml; a missing file means defaults unless the user named it."""
-    found = read_small_file(path, CONFIG_HINT)
+    found = read_small_file(path, CONFIG_HINT, pipe_ok=True)  # --config /dev/stdin
     if found is None:
         if required:
             raise BinfmtdError(f"{path}: no such file (check --config or BINFMTD_CONFIG)")

@@ -26,12 +26,13 @@ class FileRead(NamedTuple):
     stat: os.stat_result
 
 
-def read_small_file(path: Path, hint: str) -> Optional[FileRead]:
-    """The bytes of the regular file at `path`; None when nothing is there; BinfmtdError
-    for anything else at the path, its message ending in `hint` (what belongs there)."""
+def read_small_file(path: Path, hint: str, *, pipe_ok: bool = False) -> Optional[FileRead]:
+    """The bytes of the regular file at `path` (or, with `pipe_ok`, of a pipe: `--config
+    /dev/stdin`); None when nothing is there; BinfmtdError for anything else at the path,
+    its message ending in `hint` (what belongs there)."""
     try:
-        # O_NONBLOCK: a FIFO opens at once instead of waiting for a writer; it is refused
-        # below. O_NOCTTY: a terminal never becomes binfmtd's.
+        # O_NONBLOCK: a FIFO opens at once instead of waiting for a writer (then reads as
+        # empty if none comes). O_NOCTTY: a terminal never becomes binfmtd's.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         _refuse_dangling(path, hint)
@@ -40,8 +41,9 @@ def read_small_file(path: Path, hint: str) -> Optional[FileRead]:
         raise BinfmtdError(f"cannot read {path}: {error.strerror}") from error
     with os.fdopen(fd, "rb") as file:
         found = os.fstat(fd)
-        if not stat.S_ISREG(found.st_mode):
+        if not (stat.S_ISREG(found.st_mode) or (pipe_ok and stat.S_ISFIFO(found.st_mode))):
             raise BinfmtdError(f"{path} is {kind_of(found.st_mode)}, not a file: {hint}")
+        os.set_blocking(fd, True)  # a pipe's writer may not have written yet
         data = file.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise BinfmtdError(_too_large(path, hint))
@@ -62,9 +64,10 @@ def check_folder(path: Path, hint: str, *, must_exist: bool) -> None:
         raise BinfmtdError(f"{path} is {kind_of(mode)}, not a folder: {hint}")
 
 
-def check_file(path: Path, hint: str, *, must_exist: bool) -> None:
-    """BinfmtdError unless `path` is a regular file of a sane size, or (unless `must_exist`)
-    nothing yet; either way not under something that is not a folder."""
+def check_file(path: Path, hint: str, *, must_exist: bool, pipe_ok: bool = False) -> None:
+    """BinfmtdError unless `path` is a regular file of a sane size (or, with `pipe_ok`, a
+    pipe), or (unless `must_exist`) nothing yet; either way not under something that is
+    not a folder."""
     parent = _mode_at(path.parent, hint)
     if parent is not None and not stat.S_ISDIR(parent):
         raise BinfmtdError(f"{path} is inside {path.parent}, which is {kind_of(parent)}, not a "
@@ -78,6 +81,8 @@ def check_file(path: Path, hint: str, *, must_exist: bool) -> None:
         return
     except OSError as error:
         raise BinfmtdError(f"cannot look at {path}: {error.strerror}") from error
+    if pipe_ok and stat.S_ISFIFO(found.st_mode):
+        return
     if not stat.S_ISREG(found.st_mode):
         raise BinfmtdError(f"{path} is {kind_of(found.st_mode)}, not a file: {hint}")
     if found.st_size > MAX_BYTES:

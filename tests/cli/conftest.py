@@ -44,19 +44,24 @@ class Sandbox:
             shutil.rmtree(self.binfmt_misc)
         shutil.copytree(DATA / "binfmt_misc" / name, self.binfmt_misc)
 
-    def run(self, *args: str, env: dict[str, str] | None = None,
-            ) -> subprocess.CompletedProcess[str]:
-        environment = {
+    def environment(self, env: dict[str, str] | None = None) -> dict[str, str]:
+        """This machine's environment, binfmtd pointed at the sandbox's copies."""
+        return {
             **os.environ,
             "BINFMTD_BINFMT_MISC": str(self.binfmt_misc),
             "BINFMTD_NIX_CONF": str(self.nix_conf),
             "BINFMTD_CONFIG": str(self.config),
             **(env or {}),
         }
-        return subprocess.run(
-            [sys.executable, "-m", "binfmtd", *args],
-            capture_output=True, text=True, env=environment, timeout=60, check=False,
-        )
+
+    @staticmethod
+    def command(*args: str) -> list[str]:
+        return [sys.executable, "-m", "binfmtd", *args]
+
+    def run(self, *args: str, env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(*args), capture_output=True, text=True,
+                              env=self.environment(env), timeout=60, check=False)
 
 
 @pytest.fixture

@@ -74,8 +74,8 @@ KINDS: dict[str, Callable[[Path, str], Path]] = {
     "under a file": under_a_file, "huge": huge,
 }
 # What is no mistake: a folder for binfmt.d lines that does not exist yet (register makes
-# it), and a huge or FIFO folder does not exist.
-FINE = {("BINFMTD_BINFMT_D", "missing"), ("BINFMTD_BINFMT_D", "huge")}
+# it); a config from a pipe (the Ansible role's `--config /dev/stdin`, see below).
+FINE = {("BINFMTD_BINFMT_D", "missing"), ("--config", "FIFO"), ("BINFMTD_CONFIG", "FIFO")}
 CASES = [(source, kind) for source in SOURCES for kind in KINDS
          if (source, kind) not in FINE and not (SOURCES[source] == "folder" and kind == "huge")]
 
@@ -113,6 +113,23 @@ def test_the_same_source_with_what_belongs_there_works(sandbox: Sandbox, source:
             "BINFMTD_BINFMT_D": sandbox.root}[source]
     result = run_with(sandbox, source, good, ("status",))
     assert result.returncode == 1 and "OUT OF SYNC" in result.stdout, result.stderr
+
+
+def test_a_config_may_come_from_a_pipe(sandbox: Sandbox) -> None:
+    """`--config /dev/stdin`, as the Ansible role checks the config a play would write; a
+    FIFO nobody writes to reads as an empty config, never a hang."""
+    piped = subprocess.run([*sandbox.command("--config", "/dev/stdin", "status")],
+                           input="ignore-platforms = [\"aarch64-linux\"]\n",
+                           env=sandbox.environment(), capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert piped.returncode == 1, piped.stderr
+    assert "aarch64-linux is in ignore-platforms" in piped.stdout
+    os.mkfifo(sandbox.root / "fifo")
+    unwritten = sandbox.run("--config", str(sandbox.root / "fifo"), "status")
+    assert unwritten.returncode == 1 and "OUT OF SYNC" in unwritten.stdout, unwritten.stderr
+    terminal = sandbox.run("--config", "/dev/null", "status")
+    assert terminal.returncode == 2
+    assert "/dev/null is a character device, not a file" in terminal.stderr
 
 
 def test_a_relative_path_means_what_it_means_to_the_shell(sandbox: Sandbox) -> None:

@@ -89,65 +89,68 @@ class Placed(NamedTuple):
 
 
 @st.composite
-def placed_blocks(draw: st.DrawFn) -> Placed:
-    """A file of admin's lines, the block put at any line: the end (as binfmtd wrote it, or
-    pasted there by hand), the start or the middle; indented or not, CRLF or not, with or
-    without a final newline; or no block at all."""
+def placed_blocks(draw: st.DrawFn, where: str) -> Placed:
+    """A file of admin's lines with the block `where`: at the end (as binfmtd wrote it, or
+    pasted there by hand), at the start, in the middle, or nowhere; indented or not, CRLF or
+    not, with or without a final newline and an include line."""
     eol = draw(st.sampled_from(["\n", "\r\n"]))
-    lines = [line + eol for line in draw(st.lists(FILE_LINE, max_size=8))]
-    kinds = {"crlf"} if eol == "\r\n" else set()
+    lines = draw(st.lists(FILE_LINE, min_size=0 if where in ("none", "end") else 2,
+                          max_size=8))
+    kinds = {where, *(["crlf"] if eol == "\r\n" else [])}
+    if draw(st.booleans()):
+        lines.insert(draw(st.integers(0, len(lines))),
+                     draw(st.sampled_from(["include extra.conf", "!include nix.custom.conf",
+                                           "  include ./conf.d/more.conf # local"])))
     if any(NIX_WHITESPACE.split(line.strip())[0] in ("include", "!include") for line in lines):
         kinds.add("includes")
-    if not draw(st.booleans()) and lines:  # the last line has no newline
+    if where in ("start", "middle") and not lines[-1]:
+        lines[-1] = "max-jobs = 8"  # something follows the block, even without a newline
+    lines = [line + eol for line in lines]
+    final_newline = draw(st.booleans())
+    if not final_newline and lines and where != "end":
         lines[-1] = lines[-1][:-len(eol)]
-        kinds.add("no final newline")
-    where = draw(st.sampled_from(["none", "end", "start", "middle"]))
-    if where == "none" or (where != "end" and not lines):
+    if where == "none":
         text = "".join(lines)
-        return Placed(text, text, (), frozenset(kinds | {"no block"}))
+        return Placed(text, text, (), frozenset(kinds | ({"no final newline"}
+                                                         if text and not final_newline
+                                                         else set())))
     platforms = tuple(sorted(draw(PLATFORMS)))
     indent = draw(st.sampled_from(["", "  ", "\t"]))
     block = "".join(indent + line + "\n"
                     for line in (render_block(platforms, ()) or "").splitlines())
-    kinds |= {where} | ({"indented"} if indent else set())
+    kinds |= {"indented"} if indent else set()
     if where == "end":
-        if lines and not lines[-1].endswith(eol):
-            lines[-1] += eol  # the block starts a line of its own
         before = "".join(lines)
         if before and draw(st.booleans()):  # binfmtd's own: a newline of its own before it
             before += "\n"
-        if draw(st.booleans()):  # the block itself without a final newline
+        if not final_newline:  # the block itself without a final newline
             block = block[:-1]
             kinds.add("no final newline")
         return Placed(before + block, before[:-1] if before else "", platforms,
                       frozenset(kinds))
-    at = 0 if where == "start" else draw(st.integers(1, len(lines) - 1)) if len(lines) > 1 \
-        else 0
+    kinds |= set() if final_newline else {"no final newline"}
+    at = 0 if where == "start" else draw(st.integers(1, len(lines) - 1))
     before, after = "".join(lines[:at]), "".join(lines[at:])
-    if not after:  # only an empty last line follows: the block ends the file after all
-        return Placed(before + block, before[:-1], platforms,
-                      frozenset(kinds - {"middle", "start"} | {"end"}))
-    if at == 0:
-        kinds = (kinds - {"middle"}) | {"start"}
     return Placed(before + block + after, before + after, platforms, frozenset(kinds))
 
 
-PLACEMENT_EXAMPLES = 800
-# Each kind of file is drawn about a quarter to a half of the time; a tenth is the floor
-# below which the strategy no longer makes the files the property is about.
+PLACEMENTS = ("none", "end", "start", "middle")
+PLACEMENT_EXAMPLES = 200  # for each placement
+# Each property is drawn about half the time; a tenth is the floor below which the
+# strategy no longer makes the files the property is about.
 MIN_SHARE = 0.10
-PLACEMENT_KINDS = ("no block", "end", "start", "middle", "no final newline", "includes",
-                   "indented", "crlf")
+PROPERTY_KINDS = ("no final newline", "includes", "indented", "crlf")
 
 
-def test_every_byte_outside_the_block_survives_sync_and_remove() -> None:
+@pytest.mark.parametrize("where", PLACEMENTS)
+def test_every_byte_outside_the_block_survives_sync_and_remove(where: str) -> None:
     """Wherever the block is, sync gives the file without it plus the new block at the end,
     and remove gives the file without it; nothing of the admin's lines is lost or glued."""
     kinds: Counter[str] = Counter()
 
     # derandomize: the same examples every run, so the shares below are a figure, not luck
     @settings(max_examples=PLACEMENT_EXAMPLES, database=None, derandomize=True)
-    @given(placed_blocks())
+    @given(placed_blocks(where))
     def check(placed: Placed) -> None:
         kinds.update(placed.kinds)
         found = find_block(placed.text)
@@ -159,8 +162,11 @@ def test_every_byte_outside_the_block_survives_sync_and_remove() -> None:
         assert without_block(synced) == placed.expected
 
     check()
-    shares = {kind: kinds[kind] / PLACEMENT_EXAMPLES for kind in PLACEMENT_KINDS}
-    print("shares of generated files:", {k: f"{v:.0%}" for k, v in shares.items()})
+    assert kinds[where] == PLACEMENT_EXAMPLES, kinds  # hypothesis ran them all
+    wanted = [k for k in PROPERTY_KINDS if not (where == "none" and k == "indented")]
+    shares = {kind: kinds[kind] / PLACEMENT_EXAMPLES for kind in wanted}
+    print(f"block {where}: shares of generated files:",
+          {k: f"{v:.0%}" for k, v in shares.items()})
     assert all(share >= MIN_SHARE for share in shares.values()), shares
 
 
