@@ -45,6 +45,7 @@ FUZZ = "tests/unit/test_entry_fuzz.py"
 RULES = "binfmtd/rules.py"
 FOREIGN_TESTS = "tests/cli/test_foreign_conf.py"
 RULES_TESTS = "tests/unit/test_daemon_rules.py"
+GUARDS = "tests/daemon/test_guards.py"
 PROC = "binfmtd/proc.py"
 PROC_TESTS = "tests/unit/test_proc.py"
 EARLY_TESTS = "tests/cli/test_cli.py::test_a_reading_started_for_another_file_is_not_used"
@@ -123,6 +124,26 @@ MUTANTS: tuple[Mutant, ...] = (
            "daemon: no restart rate limit", RULES_TESTS),
     Mutant(RULES, "self._restart_at = now + delay", "self._restart_at = now",
            "daemon: no back-off", RULES_TESTS),
+    # The daemon's guards (binfmtd/watches.py, daemon.py), each made to happen for real.
+    Mutant("binfmtd/watches.py", "            if event.mask & inotify.IN_Q_OVERFLOW:\n",
+           "            if False:\n", "daemon: an overflowed event queue is ignored", GUARDS),
+    Mutant("binfmtd/daemon.py", "            self.said.failed(error)\n"
+           "            self.rules.reconciled(self.clock(), restart=False)\n",
+           "            self.said.failed(error)\n",
+           "daemon: a failed reconcile is not marked done (it spins)", GUARDS),
+    Mutant("binfmtd/daemon.py", "            self.said.failed(error)\n"
+           "            self.rules.reconciled(self.clock(), restart=False)\n",
+           "            self.said.failed(error)\n"
+           "            self.rules.reconciled(self.clock() + 1e9, restart=False)\n",
+           "daemon: a failed reconcile is retried decades later", GUARDS),
+    Mutant("binfmtd/daemon.py", "        if signum == signal.SIGHUP:\n"
+           "            self.reload_requested = True\n",
+           "        if signum == signal.SIGHUP:\n            pass\n",
+           "daemon: SIGHUP does not reload", GUARDS),
+    Mutant("binfmtd/watches.py",
+           "        files = (*self._files, managed) if managed is not None else self._files\n",
+           "        files = self._files\n",
+           "daemon: the file that holds the block is not watched", GUARDS),
     # The one way to run a program (binfmtd/proc.py, on subprocess).
     Mutant(PROC, "                stdout, stderr = self._process.communicate(",
            "                self._process.wait = (  # type: ignore[method-assign]\n"

@@ -161,3 +161,15 @@ def test_auto_log_format_follows_the_journal_stream() -> None:
     assert pick_format("auto", {"JOURNAL_STREAM": "8:1234"}) == "journal"
     assert pick_format("auto", {}) == "console"
     assert pick_format("json", {"JOURNAL_STREAM": "8:1234"}) == "json"
+
+
+def test_a_failed_reconcile_is_retried_at_the_resync_and_not_before() -> None:
+    """The daemon reports a reconcile that failed (nix.conf unwritable) as done: nothing is
+    due until the resync, so it sleeps in between instead of spinning."""
+    rules = started(Timing(debounce=0.05, restart_gap=10.0, resync=2.0))
+    rules.changed(1.0)
+    assert rules.due(1.05) == (RECONCILE,)
+    rules.reconciled(1.05, restart=False)  # it failed: nothing written, no restart owed
+    assert rules.due(1.06) == () and rules.due(3.04) == ()
+    assert rules.timeout(1.06) == pytest.approx(1.99)
+    assert rules.due(3.05) == (RECONCILE,)
