@@ -46,6 +46,7 @@ RULES = "binfmtd/rules.py"
 FOREIGN_TESTS = "tests/cli/test_foreign_conf.py"
 RULES_TESTS = "tests/unit/test_daemon_rules.py"
 GUARDS = "tests/daemon/test_guards.py"
+REGISTER_TESTS = "tests/integration/test_register_doctor.py"
 PROC = "binfmtd/proc.py"
 PROC_TESTS = "tests/unit/test_proc.py"
 EARLY_TESTS = "tests/cli/test_cli.py::test_a_reading_started_for_another_file_is_not_used"
@@ -96,13 +97,21 @@ MUTANTS: tuple[Mutant, ...] = (
            "tests/cli/test_cli.py"),
     # Only paths root alone can change go into the sandbox (binfmtd/reconcile.py).
     Mutant("binfmtd/reconcile.py", "        if path in untrusted:\n", "        if False:\n",
-           "sandbox: an interpreter others may change is declared",
-           "tests/integration/test_register_doctor.py"),
+           "sandbox: an interpreter others may change is declared", REGISTER_TESTS),
+    # What is not binfmtd's stays (binfmtd/registration.py).
+    Mutant("binfmtd/registration.py", "    removed = remove_entry(host.binfmt_misc, name)\n",
+           "    removed = any([remove_entry(host.binfmt_misc, entry) for entry in "
+           "os.listdir(host.binfmt_misc)\n                   if entry not in "
+           "('register', 'status')])\n",
+           "unregister: every entry goes, not only binfmtd's", REGISTER_TESTS),
+    Mutant("binfmtd/registration.py", "    name = prefix + system\n    write_conf_text(",
+           "    name = prefix + system\n    for other in foreign:\n"
+           "        remove_entry(host.binfmt_misc, other)\n    write_conf_text(",
+           "register: replace-handlers removes the foreign entry", REGISTER_TESTS),
     # Never the host's own system (binfmtd/platforms.py): a handler for it bricks the host.
     Mutant("binfmtd/platforms.py", "    if system == host_system:\n        return (f\"{system} is",
            "    if False:\n        return (f\"{system} is",
-           "register: the host's own system is registered",
-           "tests/integration/test_register_doctor.py"),
+           "register: the host's own system is registered", REGISTER_TESTS),
     # The fuzzer must reach the parser: it fails when too few examples parse.
     Mutant("binfmtd/binfmt.py", "    if len(lines) < 4:\n", "    if len(lines) < 40:\n",
            "fuzz: the parser rejects every entry", FUZZ),

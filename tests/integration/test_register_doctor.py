@@ -245,3 +245,37 @@ def test_an_interpreter_others_may_change_never_reaches_the_sandbox(
     assert doctor.returncode == 1
     assert f"aarch64-linux\n  [FAIL] handler    binfmtd-test-loose: sandbox path {qemu} " \
            in doctor.stdout, doctor.stdout
+
+
+DEBIAN_AARCH64 = binfmt_line("qemu-aarch64", "/usr/libexec/qemu-binfmt/aarch64-binfmt-P")
+
+
+def test_unregister_leaves_an_entry_it_did_not_make(setup: Setup,
+                                                    real_binfmt: PrivateBinfmt) -> None:
+    """Debian's qemu-aarch64 serves aarch64-linux too: `unregister aarch64-linux` takes
+    binfmtd's own entry and file, and nothing of Debian's."""
+    real_binfmt.register(DEBIAN_AARCH64)
+    setup.config.write_text(setup.config.read_text() + "replace-handlers = true\n")
+    real_binfmt.register(binfmt_line(f"{PREFIX}aarch64-linux",
+                                     "/usr/libexec/qemu-binfmt/aarch64-binfmt-P"))
+    (setup.binfmt_d / f"{PREFIX}aarch64-linux.conf").write_text("# binfmtd's own\n")
+    removed = setup.run("unregister", "aarch64-linux")
+    assert removed.returncode == 0, removed.stderr
+    assert f"removed {PREFIX}aarch64-linux" in removed.stdout
+    assert setup.binfmt.entries() == ["qemu-aarch64"]
+    assert list(setup.binfmt_d.iterdir()) == []
+    assert "aarch64-linux" in setup.nix_conf.read_text()  # Debian's still serves it
+
+
+def test_register_in_front_of_a_broken_entry_leaves_that_entry(
+    setup: Setup, real_binfmt: PrivateBinfmt
+) -> None:
+    """replace-handlers = true lets binfmtd register its own in front of a broken
+    foreign entry (binfmt_misc tries the newest first); the foreign one stays for its
+    owner to remove."""
+    real_binfmt.register(binfmt_line("qemu-aarch64", "/nonexistent/qemu-aarch64", flags="P"))
+    setup.config.write_text(setup.config.read_text() + "replace-handlers = true\n")
+    registered = setup.run("register", "aarch64-linux")
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    assert setup.binfmt.entries() == [f"{PREFIX}aarch64-linux", "qemu-aarch64"]
+    assert (setup.binfmt.binfmt_misc / "qemu-aarch64").read_text().startswith("enabled\n")
