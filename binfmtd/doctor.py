@@ -9,11 +9,12 @@ nix-daemon started after nix.conf last changed.
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
 from typing import Any, NamedTuple, Optional
 
 from .elfgen import EXIT_CODE, MACHINES, exit_program
 from .errors import BinfmtdError
+from .files import temp_folder
 from .proc import run_program
 from .report import Report
 from .sandboxrun import run_sandboxed
@@ -78,7 +79,8 @@ def _checks(report: Report, system: str, visible: list[str], as_root: bool) -> l
 
 
 def _run_directly(system: str, program: bytes) -> Check:
-    with tempfile.TemporaryDirectory(prefix="binfmtd-doctor-") as folder:
+    folder = temp_folder("doctor")
+    try:
         path = os.path.join(folder, "program")
         with open(path, "wb") as out:
             out.write(program)
@@ -87,6 +89,8 @@ def _run_directly(system: str, program: bytes) -> Check:
             status = run_program([path], check=False, timeout=30).returncode
         except BinfmtdError as error:
             return Check("runs", False, str(error).replace(path, f"a {system} program"))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     if status != EXIT_CODE:
         return Check("runs", False, f"a {system} program exited {status}, not {EXIT_CODE}")
     return Check("runs", True, f"a {len(program)}-byte {system} program ran and exited "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -113,3 +114,49 @@ def _refuse_dangling(path: Path, hint: str) -> None:
     if os.path.islink(path):
         raise BinfmtdError(f"{path} is a link to {os.readlink(path)}, which does not exist: "
                            f"{hint}")
+
+
+# A temp folder this old was left by a binfmtd that died: every use ends within seconds.
+ABANDONED_SECONDS = 60
+
+
+def temp_folder(kind: str) -> str:
+    """A new temp folder for this process: binfmtd-KIND-NS-PID-XXXXXXXX, NS being its PID
+    namespace. Folders that killed binfmtd processes left first go: those of a PID that
+    is gone from this namespace, and any over a minute old."""
+    import tempfile  # only writers, doctor and a staged status pay for it
+
+    parent = tempfile.gettempdir()
+    prefix = f"binfmtd-{kind}-"
+    namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    for entry in os.scandir(parent):
+        if entry.name.startswith(prefix) and _abandoned(entry, prefix, namespace):
+            _remove_tree(entry.path)
+    return tempfile.mkdtemp(prefix=f"{prefix}{namespace}-{os.getpid()}-", dir=parent)
+
+
+def _abandoned(entry: os.DirEntry[str], prefix: str, namespace: str) -> bool:
+    owner_namespace, _, rest = entry.name[len(prefix):].partition("-")
+    pid = rest.partition("-")[0]
+    try:
+        if time.time() - entry.stat(follow_symlinks=False).st_mtime > ABANDONED_SECONDS:
+            return True
+    except OSError:
+        return False
+    return owner_namespace == namespace and pid.isdigit() and not _alive(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -214,9 +214,9 @@ def start_reading(nix: str, main_conf: Path, managed: Path, text: str,
     each include pointing at its copy, `text` standing in for `managed`; Nix's messages
     name the real files again.
     """
-    import tempfile  # only a staged reading needs it: status reads the real folder
+    from .files import temp_folder  # only a staged reading needs it
 
-    folder = tempfile.mkdtemp(prefix="binfmtd-validate-")
+    folder = temp_folder("validate")
     try:
         stager = _Stager(folder, str(managed), text)
         stager.copy(str(main_conf), text if managed == main_conf else main_text, "nix.conf")

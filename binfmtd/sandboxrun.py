@@ -13,10 +13,11 @@ import os
 import select
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import NamedTuple, Optional
+
+from .files import temp_folder
 
 CLONE_NEWNS = 0x00020000
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
@@ -35,7 +36,7 @@ def run_sandboxed(program: bytes, visible: Sequence[str], timeout: float = 30.0)
     """Exec `program` in a private root that shows only `visible` (missing ones skipped);
     a program that has not ended within `timeout` seconds is killed, as is one whose wait
     is interrupted, and always reaped."""
-    root = tempfile.mkdtemp(prefix="binfmtd-doctor-")
+    root = temp_folder("doctor")
     read_end, write_end = os.pipe()
     pid: Optional[int] = None
     try:

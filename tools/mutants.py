@@ -153,6 +153,16 @@ MUTANTS: tuple[Mutant, ...] = (
            "        files = (*self._files, managed) if managed is not None else self._files\n",
            "        files = self._files\n",
            "daemon: the file that holds the block is not watched", GUARDS),
+    Mutant("binfmtd/files.py",
+           "        if entry.name.startswith(prefix) and _abandoned(entry, prefix, namespace):\n",
+           "        if False:\n", "validate: a killed sync's temp folder stays for good",
+           "tests/reliability/test_faults.py::"
+           "test_syncs_killed_while_nix_validates_leave_no_temp_folder_behind"),
+    Mutant("binfmtd/nixdaemon.py",
+           "    return daemon.started < mtime - START_TIME_SLACK_SECONDS\n",
+           "    return False\n", "status: a nix-daemon that has not read nix.conf is fine",
+           "tests/e2e/test_story.py::"
+           "test_status_names_a_nix_daemon_that_started_before_the_last_change"),
     # The one way to run a program (binfmtd/proc.py, on subprocess).
     Mutant(PROC, "                stdout, stderr = self._process.communicate(",
            "                self._process.wait = (  # type: ignore[method-assign]\n"

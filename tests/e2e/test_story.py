@@ -272,3 +272,22 @@ def test_register_doctor_build_unregister(
     assert [n for n in real_binfmt.entries() if n.startswith(prefix)] == []
     refused = nix_build("aarch64-linux", busybox("arm64"), SCRIPT)
     assert not_declared("aarch64-linux") in refused.stderr, refused.stderr
+
+
+def test_status_names_a_nix_daemon_that_started_before_the_last_change(
+    binfmtd: Binfmtd, nix_daemon: NixDaemon
+) -> None:
+    """nix-daemon reads nix.conf only when it starts: one that started before nix.conf last
+    changed has not read it, and status says so (exit 1) until it is restarted."""
+    fresh = binfmtd("status", "--json")
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr  # the control
+    assert json.loads(fresh.stdout)["nix_daemon"]["restart_needed"] is False
+    later = os.stat(nix_daemon.conf_path).st_mtime + 60
+    os.utime(nix_daemon.conf_path, (later, later))  # edited after the daemon started
+    stale = binfmtd("status")
+    assert stale.returncode == 1, stale.stdout + stale.stderr
+    assert "started BEFORE the last change to nix.conf: restart needed" in stale.stdout
+    assert "in sync, but nix-daemon has not read it yet: restart nix-daemon" in stale.stdout
+    os.utime(nix_daemon.conf_path)  # now: the restart below comes after it
+    nix_daemon.restart()
+    assert binfmtd("status").returncode == 0

@@ -13,12 +13,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.conftest import DATA, binfmt_line, require
+from tests.conftest import DATA, binfmt_line, require, waits_for
 from tests.daemon.conftest import RunningDaemon
 from tests.private_binfmt import BINFMT_MISC, PrivateBinfmt
 
@@ -95,6 +96,49 @@ def test_kill_9_during_200_syncs_never_leaves_a_partial_file(tmp_path: Path) -> 
           f"nix.conf was always a whole file; {len(leftovers)} temp files left "
           "(removed by the next write once a minute old)")
     assert killed_before_end > 50  # the kills did land during the work
+
+
+def test_syncs_killed_while_nix_validates_leave_no_temp_folder_behind(tmp_path: Path) -> None:
+    """Validation copies nix.conf into a temp folder for Nix to read: a sync killed then
+    leaves the folder, and the next binfmtd that validates removes it (its process is
+    gone). The kills land during validation; the last, unkilled sync leaves nothing."""
+    require(shutil.which("nix") is not None, "Nix is not installed (apt-get install nix-bin)")
+    tree = tmp_path / "debian"
+    shutil.copytree(DATA / "binfmt_misc" / "debian", tree)
+    conf = tmp_path / "nix" / "nix.conf"
+    conf.parent.mkdir()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {"TMPDIR": str(temp)}
+
+    def debris() -> list[str]:
+        return sorted(p.name for p in temp.iterdir() if p.name.startswith("binfmtd-validate-"))
+
+    def copy_made_or_ended(before: set[str], process: subprocess.Popen[str]) -> bool:
+        return bool(set(debris()) - before) or process.poll() is not None
+
+    killed_validating = 0
+    for round_number in range(40):
+        conf.write_text(USER_FILE + f"# round {round_number}\n")  # every sync validates
+        before = set(debris())
+        process = binfmtd("--binfmt-misc", str(tree), "--nix-conf", str(conf), "sync",
+                          "--no-restart", env=env)
+        copied = waits_for(partial(copy_made_or_ended, before, process), timeout=10)
+        process.kill()  # while Nix reads the copy
+        process.wait()
+        new = set(debris()) - before
+        killed_validating += copied and bool(new)
+        # The older folder went as soon as the new sync made its own: its binfmtd is dead.
+        assert set(debris()) <= new, (before, debris())
+    finished = subprocess.run([sys.executable, "-m", "binfmtd", "--binfmt-misc", str(tree),
+                               "--nix-conf", str(conf), "sync", "--no-restart"],
+                              env={**os.environ, **env}, capture_output=True, text=True,
+                              check=False, timeout=60)
+    assert finished.returncode == 0, finished.stderr
+    print(f"40 syncs killed: {killed_validating} while validating, each leaving its temp "
+          f"folder until the next sync; after the last, finished sync: {len(debris())}")
+    assert killed_validating >= 30  # the kills did land while the copy existed
+    assert debris() == []
 
 
 def test_a_full_disk_is_a_clear_error_and_the_old_file_survives(
