@@ -319,6 +319,23 @@ class Machine:
         """Remove the entry `name` from the container's binfmt_misc (nothing if absent)."""
         self.run(["sh", "-c", '[ ! -e "$0" ] || echo -1 > "$0"', f"{BINFMT_MISC}/{name}"])
 
+    # --- Nix where other installers put it ----------------------------------------------
+
+    def move_nix(self, folder: str) -> None:
+        """Move Debian's nix and nix-* programs to `folder`, off PATH, and point
+        nix-daemon.service's ExecStart there, as the upstream installer lays them out."""
+        self.run(["sh", "-ec", f"""
+            mkdir -p {folder}
+            for f in /usr/bin/nix /usr/bin/nix-*; do mv "$f" {folder}/; done
+            # Its build hook lives in its own libexec, beside its nix (Nix 2.8 runs it).
+            ln -sf {folder}/nix /usr/libexec/nix/build-remote
+            ! command -v nix
+        """])
+        self.write_text("/etc/systemd/system/nix-daemon.service.d/moved.conf",
+                        f"[Service]\nExecStart=\nExecStart=@{folder}/nix-daemon nix-daemon "
+                        "--daemon\n")
+        self.run(["systemctl", "daemon-reload"])
+
     # --- the end ------------------------------------------------------------------------
 
     def stop(self) -> None:

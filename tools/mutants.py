@@ -46,6 +46,7 @@ RULES = "binfmtd/rules.py"
 FOREIGN_TESTS = "tests/cli/test_foreign_conf.py"
 RULES_TESTS = "tests/unit/test_daemon_rules.py"
 GUARDS = "tests/daemon/test_guards.py"
+EDGES = "tests/system/test_nix_daemon_edges.py"
 REGISTER_TESTS = "tests/integration/test_register_doctor.py"
 PROC = "binfmtd/proc.py"
 PROC_TESTS = "tests/unit/test_proc.py"
@@ -163,6 +164,22 @@ MUTANTS: tuple[Mutant, ...] = (
            "    return False\n", "status: a nix-daemon that has not read nix.conf is fine",
            "tests/e2e/test_story.py::"
            "test_status_names_a_nix_daemon_that_started_before_the_last_change"),
+    # Where binfmtd meets nix-daemon under systemd (a booted container, the .deb inside).
+    Mutant("binfmtd/nixtool.py", "(*_unit_folders(), UPSTREAM_PROFILE_BIN, ROOT_PROFILE_BIN)",
+           "(UPSTREAM_PROFILE_BIN, ROOT_PROFILE_BIN)",
+           "which nix: the folder of nix-daemon's ExecStart is not looked in", EDGES),
+    Mutant("binfmtd/nixtool.py", "    return (_program_in(\"nix\", on_path)\n"
+           "            or _program_in(\"nix\", (*_unit_folders(), UPSTREAM_PROFILE_BIN, "
+           "ROOT_PROFILE_BIN)))\n",
+           "    return (_program_in(\"nix\", (*_unit_folders(), UPSTREAM_PROFILE_BIN, "
+           "ROOT_PROFILE_BIN))\n            or _program_in(\"nix\", on_path))\n",
+           "which nix: the default profile before PATH", EDGES),
+    Mutant("binfmtd/nixdaemon.py", "        failed = failed_units(policy.unit)\n",
+           "        failed = None\n", "restart: a unit that failed to start counts as restarted",
+           EDGES),
+    Mutant("binfmtd/config.py", '            return ("systemctl", "try-restart", self.unit)',
+           '            return ("systemctl", "restart", self.unit)',
+           "restart: a nix-daemon stopped on purpose is started", EDGES),
     # The one way to run a program (binfmtd/proc.py, on subprocess).
     Mutant(PROC, "                stdout, stderr = self._process.communicate(",
            "                self._process.wait = (  # type: ignore[method-assign]\n"
@@ -245,6 +262,16 @@ def check_table(repo: Path, mutants: tuple[Mutant, ...], ref: Optional[str]) -> 
     return problems
 
 
+def as_checkout(scratch: Path) -> None:
+    """Make the copy a git checkout whose tree is the copy (mutant included): `make deb`
+    builds what git sees, so the booted and packaging tiers test the mutant too."""
+    for argv in (["init", "-q"], ["add", "-A"],
+                 ["-c", "user.name=mutants", "-c", "user.email=mutants@localhost",
+                  "commit", "-q", "-m", "scratch copy"]):
+        subprocess.run(["git", *argv], cwd=scratch, check=True, capture_output=True,
+                       timeout=120)
+
+
 def apply(scratch: Path, mutant: Mutant) -> None:
     path = scratch / mutant.file
     text = path.read_text()
@@ -304,6 +331,7 @@ def in_scratch(source: Source, mutant: Optional[Mutant], tests: str,
         copy_tree(source.repo, source.files, scratch, source.ref)
         if mutant is not None:
             apply(scratch, mutant)
+        as_checkout(scratch)
         where = imported_from(scratch)
         if not where.startswith(str(scratch)):
             raise SystemExit(f"mutants: the tests import binfmtd from {where}, not the copy")

@@ -108,17 +108,7 @@ def _lay_out_nix(machine: Machine, layout: str) -> str:
     machine.write_text("/etc/nix/nix.conf", DAEMON_CONF)
     conf = "/etc/nix/nix.conf"
     if layout == "upstream":
-        machine.run(["sh", "-ec", f"""
-            mkdir -p {PROFILE_BIN}
-            for f in /usr/bin/nix /usr/bin/nix-*; do mv "$f" {PROFILE_BIN}/; done
-            # Its build hook lives in its own libexec, beside its nix (Nix 2.8 runs it).
-            ln -sf {PROFILE_BIN}/nix /usr/libexec/nix/build-remote
-            ! command -v nix
-        """])
-        machine.write_text(
-            "/etc/systemd/system/nix-daemon.service.d/upstream.conf",
-            f"[Service]\nExecStart=\nExecStart=@{PROFILE_BIN}/nix-daemon nix-daemon --daemon\n")
-        machine.run(["systemctl", "daemon-reload"])
+        machine.move_nix(PROFILE_BIN)
     elif layout == "determinate":
         machine.write_text("/etc/nix/nix.conf", DAEMON_CONF + DETERMINATE_INCLUDE)
         machine.write_text("/etc/nix/nix.custom.conf", CUSTOM_CONF)

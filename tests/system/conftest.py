@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from machine import TIMINGS, booted, unavailable
+from machine import CONFIG, TIMINGS, booted, install_binfmtd, unavailable
 
 from tests.booted import CommandFailed, Machine, Unavailable, debian_tree, is_built
 from tests.matrix.generations import BOOKWORM
@@ -67,6 +67,22 @@ def machine(tree: Path) -> Iterator[Machine]:
 def binfmt_machine(machine: Machine) -> Machine:
     """Like `machine`, with the container's own, empty binfmt_misc mounted."""
     return own_binfmt_misc(machine)
+
+
+@pytest.fixture
+def installed(binfmt_machine: Machine, debian_package: Path) -> Machine:
+    """binfmtd installed from its .deb, with CONFIG; not running; binfmt_misc empty."""
+    install_binfmtd(binfmt_machine, debian_package)
+    binfmt_machine.write_text("/etc/binfmtd/config.toml", CONFIG)
+    return binfmt_machine
+
+
+@pytest.fixture
+def service(installed: Machine) -> Machine:
+    """binfmtd enabled and started, with a running nix-daemon whose restarts show."""
+    installed.run(["systemctl", "start", "nix-daemon.service"])
+    installed.run(["systemctl", "enable", "--now", "binfmtd.service"])
+    return installed
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

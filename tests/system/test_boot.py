@@ -12,8 +12,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from machine import booted, install_binfmtd
-from test_service import handler, managed_platforms, sandbox_paths, wait_for
+from machine import booted, handler, install_binfmtd, managed_platforms, sandbox_paths, wait_for
 
 from tests.booted import Machine
 

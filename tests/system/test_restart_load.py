@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from machine import install_binfmtd
-from test_service import (
+from machine import (
+    install_binfmtd,
     journal,
     managed_platforms,
     own_interpreter,
