@@ -228,7 +228,8 @@ def copy_tree(repo: Path, files: list[str], scratch: Path, ref: Optional[str]) -
     if ref is not None:
         archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=repo,
                                  capture_output=True, check=True, timeout=120).stdout
-        subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive, check=True,
+        subprocess.run(["tar", "-x", "--no-same-permissions", "-C", str(scratch)],
+                       input=archive, check=True,
                        timeout=120)
         return
     for name in files:
