@@ -249,7 +249,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--storm", type=int, default=500)
     parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--only", choices=("status", "latency", "flush", "storm", "idle"),
+                        action="append", help="run these measures only (repeat)")
     args = parser.parse_args()
+    wanted = set(args.only or ("status", "latency", "flush", "storm", "idle"))
     if os.geteuid() != 0 or not os.access(SYSTEMD_BINFMT, os.X_OK):
         raise SystemExit("bench: needs root and systemd-binfmt (Debian's systemd package)")
     # Bytecode as an installed package has it, whatever PYTHONDONTWRITEBYTECODE says.
@@ -260,11 +263,16 @@ def main() -> None:
         with PrivateBinfmt() as namespace:
             print(f"Debian's binfmt.d lines registered by systemd-binfmt in a private "
                   f"binfmt_misc: {register_debian(namespace)}")
-            bench_status(namespace, folder, args.pairs)
-            bench_latency(namespace, folder, args.rounds)
-            bench_flush(namespace, folder)
-            bench_storm(namespace, folder, args.storm)
-            bench_idle(namespace, folder, args.idle_seconds)
+            measures: dict[str, Callable[[], None]] = {
+                "status": lambda: bench_status(namespace, folder, args.pairs),
+                "latency": lambda: bench_latency(namespace, folder, args.rounds),
+                "flush": lambda: bench_flush(namespace, folder),
+                "storm": lambda: bench_storm(namespace, folder, args.storm),
+                "idle": lambda: bench_idle(namespace, folder, args.idle_seconds),
+            }
+            for name, measure in measures.items():
+                if name in wanted:
+                    measure()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print("all targets met" if not missed else f"targets missed: {', '.join(missed)}")

@@ -14,8 +14,8 @@ if TYPE_CHECKING:  # main() asks Nix first: argparse, pathlib and the core come 
     from collections.abc import Sequence
     from pathlib import Path
 
+    from .apply import Outcome, World
     from .config import Config, Host
-    from .host import Outcome, World
     from .nixtool import NixReading
     from .reconcile import Plan
 
@@ -265,7 +265,7 @@ def cmd_status(args: argparse.Namespace, host: Host, config: Config,
     from .status import ask_nix
 
     reading = ask_nix(host, config, early)  # Nix reads nix.conf while binfmtd imports and reads
-    from .host import read_and_plan
+    from .apply import read_and_plan
     from .report import to_json, to_text
     from .status import gather_report
 
@@ -279,7 +279,7 @@ def cmd_status(args: argparse.Namespace, host: Host, config: Config,
 
 
 def cmd_sync(args: argparse.Namespace, host: Host, config: Config) -> int:
-    from .host import read_and_plan, reconcile_once
+    from .apply import read_and_plan, reconcile_once
     from .report import to_json
     from .status import ask_nix, gather_report
 
@@ -318,8 +318,8 @@ def _register_missing(host: Host, config: Config) -> None:
     """emulated-systems: register what is listed there and not emulated yet."""
     if not config.emulated_systems:
         return
-    from .host import read_and_plan
-    from .registration import register_system
+    from .apply import read_and_plan
+    from .emulation.registration import register_system
 
     planned = read_and_plan(host, config).plan
     for system in _missing_systems(host, config, planned):
@@ -337,16 +337,16 @@ def _sync_summary(outcome: Outcome) -> str:
 
 
 def cmd_run(args: argparse.Namespace, host: Host, config: Config) -> int:
-    from .daemon import run_daemon
-    from .log import configure_logging
+    from .daemon.log import configure_logging
+    from .daemon.loop import run_daemon
 
     configure_logging(args.log_format)
     return run_daemon(host, config, restart=not args.no_restart)
 
 
 def cmd_register(args: argparse.Namespace, host: Host, config: Config) -> int:
-    from .host import read_and_plan
-    from .registration import check_registrable, register_system
+    from .apply import read_and_plan
+    from .emulation.registration import check_registrable, register_system
 
     for system in args.systems:  # all of them before any is registered
         check_registrable(system, host.system)
@@ -363,7 +363,7 @@ def cmd_register(args: argparse.Namespace, host: Host, config: Config) -> int:
 
 
 def cmd_unregister(args: argparse.Namespace, host: Host, config: Config) -> int:
-    from .registration import unregister_system
+    from .emulation.registration import unregister_system
 
     for system in args.systems:
         print(f"{system}: {unregister_system(system, host, config).message}")
@@ -373,14 +373,14 @@ def cmd_unregister(args: argparse.Namespace, host: Host, config: Config) -> int:
 
 def _sync_after_registering(host: Host, config: Config, *, restart: bool) -> None:
     """After (un)registering, nix.conf follows at once, as after `binfmtd sync`."""
-    from .host import reconcile_once
+    from .apply import reconcile_once
 
     print(_sync_summary(reconcile_once(host, config, write=True, restart=restart)))
 
 
 def cmd_doctor(args: argparse.Namespace, host: Host, config: Config) -> int:
-    from . import doctor
-    from .host import read_and_plan
+    from .emulation import doctor
+    from .apply import read_and_plan
     from .status import ask_nix, gather_report
 
     reading = ask_nix(host, config)
@@ -409,7 +409,7 @@ def cmd_builder_line(args: argparse.Namespace, host: Host, config: Config) -> in
     if reading is None:
         raise BinfmtdError(f"Nix is not installed, so this machine builds nothing: "
                            f"{read_install_hint()}")
-    from .host import read_and_plan
+    from .apply import read_and_plan
 
     declared = read_and_plan(host, config).plan.declared_platforms
     options = BuilderOptions(uri=args.uri, ssh_key=args.ssh_key, max_jobs=args.jobs,
@@ -424,7 +424,7 @@ def cmd_builder_line(args: argparse.Namespace, host: Host, config: Config) -> in
 
 
 def cmd_remove(args: argparse.Namespace, host: Host, config: Config) -> int:
-    from .host import reconcile_once
+    from .apply import reconcile_once
 
     outcome = reconcile_once(host, config, write=True, restart=not args.no_restart,
                              remove=True)

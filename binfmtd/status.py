@@ -14,8 +14,8 @@ from .nixdaemon import failed_units, find_nix_daemons, started_before, systemd_r
 from .nixtool import NixReading, find_nix, read_in_place, read_install_hint, start_reading
 
 if TYPE_CHECKING:  # ask_nix() runs before these are imported
+    from .apply import World
     from .builder import BuilderLine
-    from .host import World
     from .reconcile import Plan
     from .report import Report
 

@@ -42,7 +42,7 @@ WRITER = "binfmtd/conffile.py"
 # The strace test first: it is the one that sees O_EXCL and the two fsyncs.
 WRITER_TESTS = "tests/integration/test_writer_syscalls.py tests/unit"
 FUZZ = "tests/unit/test_entry_fuzz.py"
-RULES = "binfmtd/rules.py"
+RULES = "binfmtd/daemon/rules.py"
 FOREIGN_TESTS = "tests/cli/test_foreign_conf.py"
 RULES_TESTS = "tests/unit/test_daemon_rules.py"
 GUARDS = "tests/daemon/test_guards.py"
@@ -99,13 +99,13 @@ MUTANTS: tuple[Mutant, ...] = (
     # Only paths root alone can change go into the sandbox (binfmtd/reconcile.py).
     Mutant("binfmtd/reconcile.py", "        if path in untrusted:\n", "        if False:\n",
            "sandbox: an interpreter others may change is declared", REGISTER_TESTS),
-    # What is not binfmtd's stays (binfmtd/registration.py).
-    Mutant("binfmtd/registration.py", "    removed = remove_entry(host.binfmt_misc, name)\n",
+    # What is not binfmtd's stays (binfmtd/emulation/registration.py).
+    Mutant("binfmtd/emulation/registration.py", "    removed = remove_entry(host.binfmt_misc, name)\n",
            "    removed = any([remove_entry(host.binfmt_misc, entry) for entry in "
            "os.listdir(host.binfmt_misc)\n                   if entry not in "
            "('register', 'status')])\n",
            "unregister: every entry goes, not only binfmtd's", REGISTER_TESTS),
-    Mutant("binfmtd/registration.py", "    name = prefix + system\n    write_conf_text(",
+    Mutant("binfmtd/emulation/registration.py", "    name = prefix + system\n    write_conf_text(",
            "    name = prefix + system\n    for other in foreign:\n"
            "        remove_entry(host.binfmt_misc, other)\n    write_conf_text(",
            "register: replace-handlers removes the foreign entry", REGISTER_TESTS),
@@ -125,7 +125,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "store: a nix.conf in the Nix store is written through", FOREIGN_TESTS),
     Mutant("binfmtd/conffile.py", "    if not mode & 0o222:\n", "    if False:\n",
            "store: a read-only nix.conf is written anyway", FOREIGN_TESTS),
-    # The daemon's timing rules (binfmtd/rules.py), driven on made-up times.
+    # The daemon's timing rules (binfmtd/daemon/rules.py), driven on made-up times.
     Mutant(RULES, "min(now + self.timing.debounce, start + self.timing.max_delay)",
            "min(now, start + self.timing.max_delay)", "daemon: debounce 0", RULES_TESTS),
     Mutant(RULES, "min(now + self.timing.debounce, start + self.timing.max_delay)",
@@ -134,23 +134,23 @@ MUTANTS: tuple[Mutant, ...] = (
            "daemon: no restart rate limit", RULES_TESTS),
     Mutant(RULES, "self._restart_at = now + delay", "self._restart_at = now",
            "daemon: no back-off", RULES_TESTS),
-    # The daemon's guards (binfmtd/watches.py, daemon.py), each made to happen for real.
-    Mutant("binfmtd/watches.py", "            if event.mask & inotify.IN_Q_OVERFLOW:\n",
+    # The daemon's guards (binfmtd/daemon/watches.py, daemon.py), each made to happen for real.
+    Mutant("binfmtd/daemon/watches.py", "            if event.mask & inotify.IN_Q_OVERFLOW:\n",
            "            if False:\n", "daemon: an overflowed event queue is ignored", GUARDS),
-    Mutant("binfmtd/daemon.py", "            self.said.failed(error)\n"
+    Mutant("binfmtd/daemon/loop.py", "            self.said.failed(error)\n"
            "            self.rules.reconciled(self.clock(), restart=False)\n",
            "            self.said.failed(error)\n",
            "daemon: a failed reconcile is not marked done (it spins)", GUARDS),
-    Mutant("binfmtd/daemon.py", "            self.said.failed(error)\n"
+    Mutant("binfmtd/daemon/loop.py", "            self.said.failed(error)\n"
            "            self.rules.reconciled(self.clock(), restart=False)\n",
            "            self.said.failed(error)\n"
            "            self.rules.reconciled(self.clock() + 1e9, restart=False)\n",
            "daemon: a failed reconcile is retried decades later", GUARDS),
-    Mutant("binfmtd/daemon.py", "        if signum == signal.SIGHUP:\n"
+    Mutant("binfmtd/daemon/loop.py", "        if signum == signal.SIGHUP:\n"
            "            self.reload_requested = True\n",
            "        if signum == signal.SIGHUP:\n            pass\n",
            "daemon: SIGHUP does not reload", GUARDS),
-    Mutant("binfmtd/watches.py",
+    Mutant("binfmtd/daemon/watches.py",
            "        files = (*self._files, managed) if managed is not None else self._files\n",
            "        files = self._files\n",
            "daemon: the file that holds the block is not watched", GUARDS),

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from binfmtd.inotify import IN_CLOSE_WRITE, Inotify
+from binfmtd.daemon.inotify import IN_CLOSE_WRITE, Inotify
 from tests.conftest import waits_for
 from tests.private_binfmt import PrivateBinfmt
 

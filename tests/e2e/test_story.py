@@ -115,7 +115,7 @@ def test_aarch64_build_fails_before_binfmtd_and_works_after_sync(
 
 @pytest.fixture
 def running_binfmtd(binfmtd: Binfmtd, tmp_path: Path) -> Iterator[RunningBinfmtd]:
-    running = RunningBinfmtd(binfmtd, tmp_path / "binfmtd.log")
+    running = RunningBinfmtd(binfmtd, tmp_path / "binfmtd.daemon.log")
     try:
         running.wait_for("daemon.ready", 1)
         yield running

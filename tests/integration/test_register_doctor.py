@@ -127,7 +127,7 @@ def test_removing_an_entry_that_another_remover_takes_first_is_no_error(
 ) -> None:
     """Eight removers at once, as unregister can meet systemd-binfmt's flush: whoever
     writes -1 first removes it, and the others find it gone, none with an error."""
-    from binfmtd.registration import remove_entry
+    from binfmtd.emulation.registration import remove_entry
 
     line = binfmt_line("binfmtd-test-race", "/usr/libexec/qemu-binfmt/aarch64-binfmt-P", "P")
     start = threading.Barrier(8)

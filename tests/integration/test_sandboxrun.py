@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from binfmtd.elfgen import EXIT_CODE, exit_program
+from binfmtd.emulation.elfgen import EXIT_CODE, exit_program
+from binfmtd.emulation.sandboxrun import run_sandboxed
 from binfmtd.platforms import host_system
-from binfmtd.sandboxrun import run_sandboxed
 from tests.conftest import require
 
 # What a shell script needs to run in the private root (merged /usr or not).

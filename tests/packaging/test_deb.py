@@ -81,7 +81,7 @@ def test_the_deb_holds_the_program_the_unit_the_config_and_the_man_page(deb: Pat
     assert {
         BINFMTD, UNIT, CONFIG, MAN_PAGE,
         "/usr/lib/python3/dist-packages/binfmtd/cli.py",
-        "/usr/lib/python3/dist-packages/binfmtd/inotify.py",
+        "/usr/lib/python3/dist-packages/binfmtd/daemon/inotify.py",
         "/usr/share/doc/binfmtd/copyright",
     } <= paths
     stray = [p for p in paths if re.search(

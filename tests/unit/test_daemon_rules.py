@@ -1,4 +1,4 @@
-"""The daemon's pure rules: when to reconcile and restart (binfmtd.rules, on made-up
+"""The daemon's pure rules: when to reconcile and restart (binfmtd.daemon.rules, on made-up
 times), and the status line, watchdog and journal fields."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from binfmtd.daemon import emulated_status, watchdog_interval
-from binfmtd.log import journal_fields, pick_format
-from binfmtd.rules import Action, Rules, Timing, restart_backoff
+from binfmtd.daemon.log import journal_fields, pick_format
+from binfmtd.daemon.loop import emulated_status, watchdog_interval
+from binfmtd.daemon.rules import Action, Rules, Timing, restart_backoff
 
 RECONCILE, RESTART, WATCHDOG = Action.RECONCILE, Action.RESTART, Action.WATCHDOG
 TIMING = Timing(debounce=0.05, restart_gap=10.0, resync=600.0)

@@ -6,8 +6,14 @@ from __future__ import annotations
 import pytest
 
 from binfmtd.binfmt import Handler, parse_entry
-from binfmtd.elfgen import MACHINES, exit_program
-from binfmtd.emulators import EMULATIONS, Candidate, escape, install_hint, render_binfmt_line
+from binfmtd.emulation.elfgen import MACHINES, exit_program
+from binfmtd.emulation.emulators import (
+    EMULATIONS,
+    Candidate,
+    escape,
+    install_hint,
+    render_binfmt_line,
+)
 from binfmtd.platforms import ElfIdentity, decode_magic, nix_system
 from tests.conftest import DATA
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from binfmtd import inotify
-from binfmtd.inotify import Event, Inotify, parse_events
+from binfmtd.daemon import inotify
+from binfmtd.daemon.inotify import Event, Inotify, parse_events
 
 
 def raw_event(wd: int, mask: int, name: bytes) -> bytes:

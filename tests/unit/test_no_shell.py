@@ -8,7 +8,7 @@ from pathlib import Path
 
 import binfmtd
 
-SOURCES = sorted(Path(binfmtd.__file__).parent.glob("*.py"))
+SOURCES = sorted(Path(binfmtd.__file__).parent.rglob("*.py"))
 SHELL_CALLS = {("os", "system"), ("os", "popen"), ("subprocess", "getoutput"),
                ("subprocess", "getstatusoutput")}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from binfmtd.notify import encode_journal_fields, journal_send, sd_notify
+from binfmtd.daemon.notify import encode_journal_fields, journal_send, sd_notify
 
 
 def test_nothing_is_sent_without_notify_socket() -> None:

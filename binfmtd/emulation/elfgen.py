@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from .platforms import (
+from ..platforms import (
     C32,
     C64,
     EM_68K,

@@ -12,9 +12,13 @@ import re
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from .binfmt import Handler
-from .conffile import write_conf_text
-from .config import Config, Host
+from ..binfmt import Handler
+from ..conffile import write_conf_text
+from ..config import Config, Host
+from ..errors import BinfmtdError
+from ..interpreters import read_interpreter
+from ..platforms import known_systems, native_reason, unknown_system
+from ..reconcile import Plan
 from .emulators import (
     EMULATIONS,
     Candidate,
@@ -23,10 +27,6 @@ from .emulators import (
     render_binfmt_d,
     render_binfmt_line,
 )
-from .errors import BinfmtdError
-from .interpreters import read_interpreter
-from .platforms import known_systems, native_reason, unknown_system
-from .reconcile import Plan
 
 
 class Outcome(NamedTuple):

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import NamedTuple, Optional
 
-from .files import temp_folder
+from ..files import temp_folder
 
 CLONE_NEWNS = 0x00020000
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000

@@ -12,11 +12,11 @@ import os
 import shutil
 from typing import Any, NamedTuple, Optional
 
+from ..errors import BinfmtdError
+from ..files import temp_folder
+from ..proc import run_program
+from ..report import Report
 from .elfgen import EXIT_CODE, MACHINES, exit_program
-from .errors import BinfmtdError
-from .files import temp_folder
-from .proc import run_program
-from .report import Report
 from .sandboxrun import run_sandboxed
 
 

@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import BinaryIO, Callable, Optional
 
-from .config import Config, Host, read_config
-from .errors import BinfmtdError
-from .host import Outcome, reconcile_once
+from ..apply import Outcome, reconcile_once
+from ..config import Config, Host, read_config
+from ..errors import BinfmtdError
+from ..nixtool import find_nix, nix_version
 from .log import get_logger
-from .nixtool import find_nix, nix_version
 from .notify import sd_notify
 from .restarter import Restarter
 from .rules import Action, Rules, Timing

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .config import RestartPolicy
-from .errors import BinfmtdError
+from ..config import RestartPolicy
+from ..errors import BinfmtdError
+from ..nixdaemon import restart_nix_daemon, restart_spacing, systemd_running
 from .log import get_logger
-from .nixdaemon import restart_nix_daemon, restart_spacing, systemd_running
 
 
 class Restarter:
