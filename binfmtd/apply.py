@@ -1,4 +1,7 @@
-"""The edges of one reconcile: where things are, reading them, applying a plan."""
+"""The one read -> plan -> apply path: read the world, plan, write nix.conf, restart.
+
+Every command that changes nix.conf and the daemon come through reconcile_once().
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,14 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 from .binfmt import BinfmtState, Interpreter, read_binfmt_state
-from .conffile import foreign_owner, managed_file, read_conf_text, write_conf_text
-from .config import Config, Host
+from .conffile import foreign_owner, managed_file, read_conf_text
+from .config import Config
 from .errors import BinfmtdError
+from .files import replace_file
+from .host import Host
 from .interpreters import read_interpreter
 from .nixdaemon import restart_nix_daemon
-from .nixtool import find_nix, read_install_hint, validate_candidate
+from .nixtool import find_nix, read_nix_install_hint, validate_candidate
 from .reconcile import Plan, interpreters_needed, plan, plan_removal
 
 
@@ -60,6 +65,16 @@ class Outcome(NamedTuple):
         """What the block declares now."""
         return self.plan.platforms if self.written else self.plan.declared_platforms
 
+    def now(self, config: Config, host: Host) -> Outcome:
+        """The world and plan as they stand after this outcome's write: the same reading,
+        the managed file holding what was written (status after sync reads nothing again)."""
+        if not self.written:
+            return self
+        world = self.world._replace(managed_text=self.plan.text)
+        if world.managed == host.nix_conf:
+            world = world._replace(main_text=self.plan.text)
+        return Outcome(world, plan_for(world, config, host))
+
 
 def read_and_plan(host: Host, config: Config, *, remove: bool = False) -> Outcome:
     """The first half of reconcile_once(): status and doctor show a plan, even a blocked one."""
@@ -74,19 +89,25 @@ def reconcile_once(host: Host, config: Config, *, write: bool, restart: bool,
     Without `write` it stops after the plan (`sync --check`). A plan that cannot be
     applied (a broken block) is an error here, whoever asks.
     """
-    looked = read_and_plan(host, config, remove=remove)
+    return apply_plan(read_and_plan(host, config, remove=remove), host, config,
+                      write=write, restart=restart)
+
+
+def apply_plan(looked: Outcome, host: Host, config: Config, *, write: bool,
+               restart: bool) -> Outcome:
+    """The second half: write what the plan says, validated by Nix, and restart."""
     world, planned = looked.world, looked.plan
-    if planned.blocked:
-        raise BinfmtdError(planned.blocked, cause=planned.refused)
+    if planned.blocked is not None:
+        raise BinfmtdError(planned.blocked.message, cause=planned.blocked.cause)
     if not write or planned.text is None:
         return looked
     if not world.managed.parent.is_dir():
         raise BinfmtdError(f"{world.managed.parent} does not exist: is Nix installed? "
-                           f"({read_install_hint()})")
+                           f"({read_nix_install_hint()})")
     nix = find_nix()
     if nix is not None:
         _validate(nix, world, planned.text, host)
-    written = write_conf_text(world.managed, planned.text)
+    written = replace_file(world.managed, planned.text)
     said = restart_nix_daemon(config.restart) if written and restart else None
     return Outcome(world, planned, written=written, restart=said)
 

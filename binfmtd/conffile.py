@@ -1,11 +1,9 @@
-"""Read and write the managed nix.conf. The one function that writes it lives here."""
+"""The managed nix.conf: reading it, which file holds the block, and whose file it is.
+(files.replace_file writes it.)"""
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -13,11 +11,6 @@ from .errors import BinfmtdError
 from .files import read_small_file
 from .nixconf import included_files
 
-SELINUX_XATTR = "security.selinux"
-TEMP_SUFFIX = ".binfmtd"
-# A temp file this old was left by a writer that died (kill -9, power loss), not by one
-# still writing: every write finishes within seconds.
-STALE_TEMP_SECONDS = 60
 DETERMINATE_CUSTOM_FILE = "nix.custom.conf"
 OWN_FILE = "binfmtd.conf"  # `!include binfmtd.conf` in a templated nix.conf
 NIX_STORE = "/nix/store/"
@@ -70,88 +63,3 @@ def managed_file(main_conf: Path, main_text: Optional[str], target: str) -> Path
         if str(folder / name) in included:  # however it is spelled: ./name, /etc/nix/name
             return folder / name
     return main_conf
-
-
-def write_conf_text(path: Path, text: str) -> bool:
-    """Replace the file atomically with `text`; False (and no write) when it is unchanged.
-
-    A symlinked nix.conf is written through: the link stays, its target is replaced.
-    The temp file is created O_EXCL beside the target, gets the old file's mode,
-    owner and SELinux label, is fsynced, renamed over the target, and the folder is
-    fsynced, so a crash leaves either the whole old or the whole new file.
-    """
-    target = Path(os.path.realpath(path))
-    data = text.encode("utf-8", "surrogateescape")
-    try:
-        if target.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    except OSError as error:
-        raise BinfmtdError(f"cannot read {target}: {error.strerror}") from error
-    try:
-        _replace(target, data)
-    except OSError as error:
-        raise BinfmtdError(
-            f"cannot write {target}: {error.strerror}; the old file is unchanged"
-        ) from error
-    return True
-
-
-def _replace(target: Path, data: bytes) -> None:
-    import tempfile  # writers only: `binfmtd status` never pays for it
-
-    try:
-        old = os.stat(target)
-    except FileNotFoundError:
-        old = None
-    _remove_stale_temp_files(target)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX,
-                                     dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as temp:
-            temp.write(data)
-            temp.flush()
-            if old is None:
-                os.fchmod(temp.fileno(), 0o644)
-            else:
-                os.fchmod(temp.fileno(), old.st_mode & 0o7777)
-                os.fchown(temp.fileno(), old.st_uid, old.st_gid)
-                _copy_selinux_label(target, temp.fileno())
-            os.fsync(temp.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        _remove_quietly(temp_name)
-        raise
-    _fsync_folder(target.parent)
-
-
-def _copy_selinux_label(source: Path, fd: int) -> None:
-    try:
-        label = os.getxattr(source, SELINUX_XATTR)
-    except OSError as error:
-        if error.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
-            return
-        raise
-    os.setxattr(fd, SELINUX_XATTR, label)
-
-
-def _remove_stale_temp_files(target: Path) -> None:
-    now = time.time()
-    for leftover in target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}"):
-        with contextlib.suppress(OSError):
-            if now - leftover.lstat().st_mtime > STALE_TEMP_SECONDS:
-                leftover.unlink()
-
-
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

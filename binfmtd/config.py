@@ -34,19 +34,6 @@ from .files import read_small_file
 from .platforms import known_systems, unknown_system
 
 
-class Host(NamedTuple):
-    """Where things are, and the host's own Nix system: what the command line tells
-    binfmtd, as config.toml tells it the rest. Only cli builds one; tests point it at tmp.
-    """
-
-    system: str  # the host's own Nix system, e.g. x86_64-linux
-    binfmt_misc: Path  # /proc/sys/fs/binfmt_misc
-    nix_conf: Path  # /etc/nix/nix.conf
-    config: Path  # /etc/binfmtd/config.toml
-    binfmt_d: Path  # /etc/binfmt.d: where `register` leaves its lines for systemd-binfmt
-    config_required: bool = False  # the user named the config file: it must exist
-
-
 class RestartPolicy(NamedTuple):
     """How nix-daemon is restarted: a systemd unit to try-restart, a command, or never."""
 

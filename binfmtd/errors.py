@@ -1,6 +1,11 @@
-"""The one exception type: it means "stop this command", never "a handler is odd"."""
+"""The one exception type: it means "stop this command", never "a handler is odd"; and the
+exit statuses of the command-line contract."""
 
 from __future__ import annotations
+
+EXIT_OK = 0  # done; in sync, no problem
+EXIT_ATTENTION = 1  # out of sync, a problem, a stale nix-daemon; sync --check: would change
+EXIT_ERROR = 2  # an error: one line on stderr
 
 
 class BinfmtdError(Exception):

@@ -1,4 +1,5 @@
-"""What is at a path binfmtd is pointed at, before it trusts it to be what it should be.
+"""Files at the edge: what is at a path binfmtd is pointed at, the one atomic writer, and
+temp folders that a killed binfmtd does not leave behind.
 
 An admin's --nix-conf may name a folder, a FIFO (open() would wait for a writer for ever),
 a device (/dev/zero never ends), a dangling link or a file of gigabytes; --binfmt-misc may
@@ -8,6 +9,8 @@ hang, a traceback or a read of the whole thing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 import time
@@ -18,6 +21,11 @@ from .errors import BinfmtdError
 
 # The largest nix.conf or config.toml binfmtd reads: real ones are a few kilobytes.
 MAX_BYTES = 1 << 20
+SELINUX_XATTR = "security.selinux"
+TEMP_SUFFIX = ".binfmtd"
+# A temp file this old was left by a writer that died (kill -9, power loss), not by one
+# still writing: every write finishes within seconds.
+STALE_TEMP_SECONDS = 60
 
 
 class FileRead(NamedTuple):
@@ -160,3 +168,91 @@ def _remove_tree(path: str) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+# --- the one writer of nix.conf (and of binfmt.d lines) ----------------------------------
+
+
+def replace_file(path: Path, text: str) -> bool:
+    """Replace the file atomically with `text`; False (and no write) when it is unchanged.
+
+    A symlinked nix.conf is written through: the link stays, its target is replaced.
+    The temp file is created O_EXCL beside the target, gets the old file's mode,
+    owner and SELinux label, is fsynced, renamed over the target, and the folder is
+    fsynced, so a crash leaves either the whole old or the whole new file.
+    """
+    target = Path(os.path.realpath(path))
+    data = text.encode("utf-8", "surrogateescape")
+    try:
+        if target.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        raise BinfmtdError(f"cannot read {target}: {error.strerror}") from error
+    try:
+        _replace(target, data)
+    except OSError as error:
+        raise BinfmtdError(
+            f"cannot write {target}: {error.strerror}; the old file is unchanged"
+        ) from error
+    return True
+
+
+def _replace(target: Path, data: bytes) -> None:
+    import tempfile  # writers only: `binfmtd status` never pays for it
+
+    try:
+        old = os.stat(target)
+    except FileNotFoundError:
+        old = None
+    _remove_stale_temp_files(target)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX,
+                                     dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as temp:
+            temp.write(data)
+            temp.flush()
+            if old is None:
+                os.fchmod(temp.fileno(), 0o644)
+            else:
+                os.fchmod(temp.fileno(), old.st_mode & 0o7777)
+                os.fchown(temp.fileno(), old.st_uid, old.st_gid)
+                _copy_selinux_label(target, temp.fileno())
+            os.fsync(temp.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        _remove_quietly(temp_name)
+        raise
+    _fsync_folder(target.parent)
+
+
+def _copy_selinux_label(source: Path, fd: int) -> None:
+    try:
+        label = os.getxattr(source, SELINUX_XATTR)
+    except OSError as error:
+        if error.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return
+        raise
+    os.setxattr(fd, SELINUX_XATTR, label)
+
+
+def _remove_stale_temp_files(target: Path) -> None:
+    now = time.time()
+    for leftover in target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            if now - leftover.lstat().st_mtime > STALE_TEMP_SECONDS:
+                leftover.unlink()
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

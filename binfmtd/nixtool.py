@@ -86,7 +86,7 @@ def nix_version(nix: str) -> Optional[str]:
         return None
 
 
-def install_hint(os_release: str) -> str:
+def nix_install_hint(os_release: str) -> str:
     """How to install Nix on this distribution (from /etc/os-release's ID and ID_LIKE)."""
     ids: set[str] = set()
     for line in os_release.splitlines():
@@ -100,12 +100,12 @@ def install_hint(os_release: str) -> str:
     return "install Nix with its own installer (nixos.org/download)"
 
 
-def read_install_hint() -> str:
+def read_nix_install_hint() -> str:
     try:
         with open("/etc/os-release", encoding="utf-8", errors="replace") as file:
-            return install_hint(file.read())
+            return nix_install_hint(file.read())
     except OSError:
-        return install_hint("")
+        return nix_install_hint("")
 
 
 def show_config_argv(nix: str, command: list[str]) -> list[str]:
@@ -190,11 +190,6 @@ def read_in_place(nix_conf: str) -> Optional[NixReading]:
 
 def _unknown_command(stderr: str) -> bool:
     return "recognised command" in stderr or "recognized command" in stderr
-
-
-def read_effective_settings(nix: str, conf_dir: Path) -> dict[str, str]:
-    """The settings Nix derives from the nix.conf in `conf_dir` (no user files)."""
-    return NixReading(nix, str(conf_dir)).result()
 
 
 class Staged(NamedTuple):

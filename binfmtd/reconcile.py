@@ -49,8 +49,16 @@ class Verdict(NamedTuple):
     captures_host: bool = False  # it matches this host's own programs: every exec is its
 
 
+class Blocked(NamedTuple):
+    """Why nix.conf cannot be edited at all."""
+
+    message: str  # the file, and what to do
+    cause: str  # what stays the same while details change (a refusal lists values that
+    # follow every registration): the daemon logs a failure again only when it changes
+
+
 class Plan(NamedTuple):
-    """What nix.conf should hold, and whether nix-daemon must be restarted for it."""
+    """What nix.conf should hold: a new text (then nix-daemon must be restarted), or none."""
 
     verdicts: tuple[Verdict, ...]
     platforms: tuple[str, ...]  # what the block should declare
@@ -58,15 +66,22 @@ class Plan(NamedTuple):
     declared_platforms: tuple[str, ...]  # what the block declares now
     declared_sandbox_paths: tuple[str, ...]
     text: Optional[str]  # the new file; None: leave nix.conf alone
-    restart: bool
     problems: tuple[Problem, ...]
     notes: tuple[str, ...] = ()
-    blocked: Optional[str] = None  # why nix.conf cannot be edited at all
-    refused: Optional[str] = None  # blocked because the file is someone else's: why
+    blocked: Optional[Blocked] = None
 
     @property
     def in_sync(self) -> bool:
         return self.text is None and self.blocked is None
+
+
+class Edit(NamedTuple):
+    """The managed file's block as found, and the file with the new block in its place."""
+
+    found: Optional[Block]
+    text: Optional[str]  # None: the file stays as it is
+    blocked: Optional[Blocked] = None
+    problems: tuple[Problem, ...] = ()
 
 
 def plan(
@@ -84,54 +99,58 @@ def plan(
     or to another manager): a change it would need is then refused, with the values to
     declare where the file comes from.
     """
-    verdicts = tuple(
-        judge_entry(entry, binfmt.enabled, interpreters, config, host_system)
-        for entry in binfmt.entries
-    )
+    verdicts = tuple(judge_entry(entry, binfmt.enabled, interpreters, config, host_system)
+                     for entry in binfmt.entries)
     platforms = tuple(sorted({p for v in verdicts for p in v.platforms}))
     sandbox_paths = tuple(sorted({p for v in verdicts for p in v.sandbox_paths}))
-    problems = [Problem(v.name, text) for v in verdicts for text in v.problems]
-    for system in emulated_here(config, host_system):
-        if system not in platforms and binfmt.mounted:
-            problems.append(Problem(system, "is in emulated-systems but no working handler "
-                                    "emulates it: run binfmtd register"))
-    if not binfmt.mounted:
-        problems.append(Problem("binfmt_misc", "is not mounted: nothing can be emulated; "
-                                "mount it (mount -t binfmt_misc binfmt_misc "
-                                "/proc/sys/fs/binfmt_misc) or start systemd-binfmt"))
-    blocked = refused_by = None
-    block: Optional[Block] = None
-    new_text: Optional[str] = None
-    try:
-        block = find_block(conf_text)
-        new_text = replace_block(conf_text, block, render_block(platforms, sandbox_paths))
-    except BrokenBlock as error:
-        blocked = f"{conf_name} {error}"
-        problems.append(Problem(conf_name, str(error)))
-    notes = _user_platform_notes(conf_text, block)
-    for setting in settings_after_block(conf_text, block):
-        problems.append(Problem(conf_name, f"line {setting.line} sets {setting.key} after the "
-                                "binfmtd block and overrides it; sync moves the block last"))
-    if new_text == conf_text or not binfmt.mounted:
-        new_text = None
-    if new_text is not None and foreign is not None:
+    edit = edit_block(conf_text, conf_name, render_block(platforms, sandbox_paths))
+    if not binfmt.mounted:  # the world is unknown: leave the file as it is
+        edit = edit._replace(text=None)
+    if edit.text is not None and foreign is not None:
         refused = refusal(foreign, platforms, sandbox_paths)
-        blocked = f"{conf_name} {refused}"
-        problems.append(Problem(conf_name, refused))
-        new_text, refused_by = None, f"{conf_name} {foreign}"
+        edit = Edit(edit.found, None, Blocked(f"{conf_name} {refused}", f"{conf_name} {foreign}"),
+                    (*edit.problems, Problem(conf_name, refused)))
     return Plan(
         verdicts=verdicts,
         platforms=platforms,
         sandbox_paths=sandbox_paths,
-        declared_platforms=block.platforms if block else (),
-        declared_sandbox_paths=block.sandbox_paths if block else (),
-        text=new_text,
-        restart=new_text is not None,
-        problems=tuple(problems),
-        notes=tuple(notes),
-        blocked=blocked,
-        refused=refused_by,
+        declared_platforms=edit.found.platforms if edit.found else (),
+        declared_sandbox_paths=edit.found.sandbox_paths if edit.found else (),
+        text=edit.text,
+        problems=(*(Problem(v.name, text) for v in verdicts for text in v.problems),
+                  *world_problems(binfmt, platforms, config, host_system), *edit.problems),
+        notes=tuple(_user_platform_notes(conf_text, edit.found)),
+        blocked=edit.blocked,
     )
+
+
+def world_problems(binfmt: BinfmtState, platforms: tuple[str, ...], config: Config,
+                   host_system: str) -> list[Problem]:
+    """What is wrong beyond single handlers: emulated-systems not emulated, or no
+    binfmt_misc at all."""
+    if not binfmt.mounted:
+        return [Problem("binfmt_misc", "is not mounted: nothing can be emulated; mount it "
+                        "(mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc) or start "
+                        "systemd-binfmt")]
+    return [Problem(system, "is in emulated-systems but no working handler emulates it: run "
+                    "binfmtd register")
+            for system in emulated_here(config, host_system) if system not in platforms]
+
+
+def edit_block(conf_text: str, conf_name: str, block_text: Optional[str]) -> Edit:
+    """The file with `block_text` as its block (None: without one), or why it cannot be
+    edited; settings after the block that override it are problems."""
+    try:
+        found = find_block(conf_text)
+    except BrokenBlock as error:
+        return Edit(None, None, Blocked(f"{conf_name} {error}", f"{conf_name} {error}"),
+                    (Problem(conf_name, str(error)),))
+    new_text = replace_block(conf_text, found, block_text)
+    overriding = tuple(
+        Problem(conf_name, f"line {s.line} sets {s.key} after the binfmtd block and "
+                "overrides it; sync moves the block last")
+        for s in settings_after_block(conf_text, found))
+    return Edit(found, None if new_text == conf_text else new_text, None, overriding)
 
 
 def emulated_here(config: Config, host_system: str) -> tuple[str, ...]:
@@ -152,27 +171,20 @@ def refusal(foreign: str, platforms: Sequence[str], sandbox_paths: Sequence[str]
 def plan_removal(conf_text: str, conf_name: str = "nix.conf",
                  foreign: Optional[str] = None) -> Plan:
     """`binfmtd remove` as a plan: the file without the block, byte for byte as before."""
-    block, new_text, broken = None, None, None
-    try:
-        block = find_block(conf_text)
-        new_text = replace_block(conf_text, block, None)
-    except BrokenBlock as error:
-        broken = str(error)
-    if new_text == conf_text:
-        new_text = None
-    if new_text is not None and foreign is not None:
-        broken = f"{foreign}: binfmtd does not write there; remove its block in what manages it"
-        new_text = None
+    edit = edit_block(conf_text, conf_name, None)
+    if edit.text is not None and foreign is not None:
+        why = f"{foreign}: binfmtd does not write there; remove its block in what manages it"
+        edit = Edit(edit.found, None, Blocked(f"{conf_name} {why}", f"{conf_name} {why}"),
+                    (Problem(conf_name, why),))
     return Plan(
         verdicts=(),
         platforms=(),
         sandbox_paths=(),
-        declared_platforms=block.platforms if block else (),
-        declared_sandbox_paths=block.sandbox_paths if block else (),
-        text=new_text,
-        restart=new_text is not None,
-        problems=(Problem(conf_name, broken),) if broken else (),
-        blocked=f"{conf_name} {broken}" if broken else None,
+        declared_platforms=edit.found.platforms if edit.found else (),
+        declared_sandbox_paths=edit.found.sandbox_paths if edit.found else (),
+        text=edit.text,
+        problems=tuple(p for p in edit.problems if edit.blocked is not None),
+        blocked=edit.blocked,
     )
 
 

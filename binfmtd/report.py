@@ -1,13 +1,15 @@
-"""How status and sync show a plan: a page for people, one JSON object for scripts."""
+"""How commands show what they saw and did: a page for people, one JSON object for scripts,
+and the one-line summaries of sync, register and remove."""
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
-from .nixdaemon import DaemonProcess
 from .reconcile import Plan, Verdict
 
-if TYPE_CHECKING:  # built only where Nix could be asked
+if TYPE_CHECKING:
+    from .apply import Outcome, World
     from .builder import BuilderLine
 
 EFFECTIVE_KEYS = ("system", "extra-platforms", "sandbox-paths")
@@ -23,8 +25,8 @@ class Report(NamedTuple):
     plan: Plan
     effective: Optional[dict[str, str]]  # None: Nix not installed or not asked
     effective_error: Optional[str]
-    daemons: tuple[DaemonProcess, ...]
-    stale_daemons: tuple[DaemonProcess, ...]
+    daemon_pids: tuple[int, ...]  # the nix-daemons that read this nix.conf
+    stale_pids: tuple[int, ...]  # those of them that started before it last changed
     nix_installed: bool = True
     unit_failure: Optional[str] = None  # nix-daemon's systemd units have failed
     nix: Optional[str] = None  # the `nix` program asked, wherever its installer put it
@@ -35,7 +37,7 @@ class Report(NamedTuple):
     @property
     def healthy(self) -> bool:
         return (self.nix_installed and self.plan.in_sync and not self.plan.problems
-                and not self.stale_daemons and self.unit_failure is None
+                and not self.stale_pids and self.unit_failure is None
                 and self.effective_error is None)
 
 
@@ -71,8 +73,8 @@ def to_json(report: Report, **extra: Any) -> dict[str, Any]:
         "nix": ({"path": report.nix, "version": report.nix_version}
                 if report.nix is not None else None),
         "builder": report.builder.to_json() if report.builder is not None else None,
-        "nix_daemon": {"pids": [d.pid for d in report.daemons],
-                       "restart_needed": bool(report.stale_daemons),
+        "nix_daemon": {"pids": list(report.daemon_pids),
+                       "restart_needed": bool(report.stale_pids),
                        "failed": report.unit_failure},
         **extra,
     }
@@ -158,14 +160,13 @@ def _reading_lines(report: Report) -> list[str]:
 def _daemon_lines(report: Report) -> list[str]:
     if report.unit_failure:
         return [f"nix-daemon   {report.unit_failure}"]
-    if not report.daemons:
+    if not report.daemon_pids:
         return ["nix-daemon   not running (a socket-activated daemon starts with the new file)"]
-    stale = {d.pid for d in report.stale_daemons}
     return [
-        f"nix-daemon   pid {d.pid}: " + (
-            "started BEFORE the last change to nix.conf: restart needed" if d.pid in stale
-            else "started after the last change to nix.conf")
-        for d in report.daemons
+        f"nix-daemon   pid {pid}: " + (
+            "started BEFORE the last change to nix.conf: restart needed"
+            if pid in report.stale_pids else "started after the last change to nix.conf")
+        for pid in report.daemon_pids
     ]
 
 
@@ -181,7 +182,7 @@ def _verdict_line(report: Report) -> str:
         return "in sync, but Nix cannot read nix.conf as it stands (see `Nix says` above)"
     if report.unit_failure:
         return "in sync, but nix-daemon has failed (see above)"
-    if report.stale_daemons:
+    if report.stale_pids:
         return "in sync, but nix-daemon has not read it yet: restart nix-daemon"
     if plan.problems:
         return "in sync, with problems (see above)"
@@ -190,3 +191,50 @@ def _verdict_line(report: Report) -> str:
 
 def _words(values: tuple[str, ...]) -> str:
     return " ".join(values) if values else "(nothing)"
+
+
+# --- what sync, register, unregister and remove did ----------------------------------------
+
+
+def sync_summary(outcome: Outcome) -> str:
+    """One line: the file, and whether it changed and nix-daemon was restarted for it."""
+    managed = outcome.world.managed
+    declared = " ".join(outcome.plan.platforms) or "nothing"
+    if not outcome.written:
+        return f"{managed} already in sync (declares {declared})"
+    said = f"; nix-daemon {outcome.restart}" if outcome.restart else ""
+    return f"{managed} updated: declares {declared}{said}"
+
+
+def removal_summary(outcome: Outcome) -> str:
+    """One line for `binfmtd remove`."""
+    managed = outcome.world.managed
+    if outcome.world.managed_text is None:
+        return f"{managed} does not exist: nothing to remove"
+    if not outcome.written:
+        return f"{managed} has no binfmtd block: nothing to remove"
+    said = f"; nix-daemon {outcome.restart}" if outcome.restart else ""
+    return f"{managed}: binfmtd block removed{said}"
+
+
+def unified_diff(world: World, new_text: str) -> str:
+    """`sync --diff`: the change to the managed file."""
+    import difflib  # only --diff pays for it
+
+    name = str(world.managed)
+    return "".join(difflib.unified_diff(
+        (world.managed_text or "").splitlines(keepends=True),
+        new_text.splitlines(keepends=True), fromfile=name, tofile=f"{name} (binfmtd)"))
+
+
+def print_json(value: object) -> None:
+    """--json: one object, indented (json is imported only by the commands that print it)."""
+    import json
+
+    print(json.dumps(value, indent=2))
+
+
+def warn(problems: tuple[object, ...]) -> None:
+    """Problems that do not stop a command: one line each on stderr."""
+    for problem in problems:
+        print(f"binfmtd: warning: {problem}", file=sys.stderr)

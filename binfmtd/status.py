@@ -4,33 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from .conffile import managed_file, read_conf_text
-from .config import Config, Host
+from .config import Config
 from .errors import BinfmtdError
+from .host import Host
 from .nixdaemon import failed_units, find_nix_daemons, started_before, systemd_running
-from .nixtool import NixReading, find_nix, read_in_place, read_install_hint, start_reading
+from .nixtool import NixReading, find_nix, read_in_place, read_nix_install_hint, start_reading
 
-if TYPE_CHECKING:  # ask_nix() runs before these are imported
+if TYPE_CHECKING:  # cli starts ask_nix() before the command's own module is imported
     from .apply import World
     from .builder import BuilderLine
     from .reconcile import Plan
     from .report import Report
 
 
-def ask_nix(host: Host, config: Config, early: Optional[NixReading] = None
-            ) -> Optional[NixReading]:
-    """Nix's own reading of nix.conf as it is now, with Nix's version; None where Nix is
-    not installed. `early` is a reading cli started before it parsed the command line,
-    on a guess: it is used where it reads the very file the command line names.
-
-    Started before binfmt_misc is read, so that the two overlap.
-    """
-    if early is not None and Path(early.conf_dir, "nix.conf") == host.nix_conf:
-        reading: Optional[NixReading] = early
-    elif host.nix_conf.name == "nix.conf":
+def ask_nix(host: Host, config: Config) -> Optional[NixReading]:
+    """Nix's own reading of nix.conf as it is now, with Nix's version, under way; None
+    where Nix is not installed. Started as soon as the paths are known, so that Nix's two
+    runs overlap binfmtd's own reading of binfmt_misc."""
+    if host.nix_conf.name == "nix.conf":
         reading = read_in_place(str(host.nix_conf))
     else:
         reading = _read_staged(host, config)
@@ -63,12 +57,12 @@ def gather_report(world: World, planned: Plan, host: Host, config: Config,
         except BinfmtdError as error:
             effective_error = str(error)
     nix = reading.nix if reading is not None else find_nix()
-    daemons = tuple(find_nix_daemons(str(host.nix_conf.parent)))
+    daemons = find_nix_daemons(str(host.nix_conf.parent))
     nix_installed = nix is not None or world.managed.parent.is_dir()
     unit = config.restart.unit
     unit_failure = failed_units(unit) if unit is not None and systemd_running() else None
     changed = _last_change(world)
-    stale = tuple(d for d in daemons if changed is not None and started_before(d, changed))
+    stale = tuple(d.pid for d in daemons if changed is not None and started_before(d, changed))
     return Report(
         binfmt_misc=str(host.binfmt_misc),
         mounted=world.binfmt.mounted,
@@ -77,13 +71,13 @@ def gather_report(world: World, planned: Plan, host: Host, config: Config,
         plan=planned,
         effective=effective,
         effective_error=effective_error,
-        daemons=daemons,
-        stale_daemons=stale,
+        daemon_pids=tuple(d.pid for d in daemons),
+        stale_pids=stale,
         nix_installed=nix_installed,
         unit_failure=unit_failure,
         nix=nix,
         nix_version=reading.version() if reading is not None else None,
-        install_hint=None if nix_installed else read_install_hint(),
+        install_hint=None if nix_installed else read_nix_install_hint(),
         builder=_builder(host, planned, effective),
     )
 

@@ -38,7 +38,7 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = "tests/unit"
-WRITER = "binfmtd/conffile.py"
+WRITER = "binfmtd/files.py"
 # The strace test first: it is the one that sees O_EXCL and the two fsyncs.
 WRITER_TESTS = "tests/integration/test_writer_syscalls.py tests/unit"
 FUZZ = "tests/unit/test_entry_fuzz.py"
@@ -50,7 +50,6 @@ EDGES = "tests/system/test_nix_daemon_edges.py"
 REGISTER_TESTS = "tests/integration/test_register_doctor.py"
 PROC = "binfmtd/proc.py"
 PROC_TESTS = "tests/unit/test_proc.py"
-EARLY_TESTS = "tests/cli/test_cli.py::test_a_reading_started_for_another_file_is_not_used"
 RUN_TIMEOUT = 1800
 
 
@@ -66,7 +65,7 @@ class Mutant:
 
 
 MUTANTS: tuple[Mutant, ...] = (
-    # The one nix.conf writer (binfmtd/conffile.py).
+    # The one nix.conf writer (binfmtd/files.py).
     Mutant(WRITER, "fd, temp_name = tempfile.mkstemp(prefix=f\".{target.name}.\", "
            "suffix=TEMP_SUFFIX,\n                                     dir=target.parent)",
            "temp_name = f\"{target.parent}/.{target.name}.tmp{TEMP_SUFFIX}\"\n"
@@ -100,14 +99,15 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("binfmtd/reconcile.py", "        if path in untrusted:\n", "        if False:\n",
            "sandbox: an interpreter others may change is declared", REGISTER_TESTS),
     # What is not binfmtd's stays (binfmtd/emulation/registration.py).
-    Mutant("binfmtd/emulation/registration.py", "    removed = remove_entry(host.binfmt_misc, name)\n",
+    Mutant("binfmtd/emulation/registration.py",
+           "    removed = remove_entry(host.binfmt_misc, name)\n",
            "    removed = any([remove_entry(host.binfmt_misc, entry) for entry in "
            "os.listdir(host.binfmt_misc)\n                   if entry not in "
            "('register', 'status')])\n",
            "unregister: every entry goes, not only binfmtd's", REGISTER_TESTS),
-    Mutant("binfmtd/emulation/registration.py", "    name = prefix + system\n    write_conf_text(",
+    Mutant("binfmtd/emulation/registration.py", "    name = prefix + system\n    replace_file(",
            "    name = prefix + system\n    for other in foreign:\n"
-           "        remove_entry(host.binfmt_misc, other)\n    write_conf_text(",
+           "        remove_entry(host.binfmt_misc, other)\n    replace_file(",
            "register: replace-handlers removes the foreign entry", REGISTER_TESTS),
     # Never the host's own system (binfmtd/platforms.py): a handler for it bricks the host.
     Mutant("binfmtd/platforms.py", "    if system == host_system:\n        return (f\"{system} is",
@@ -195,11 +195,6 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(PROC, "            except BaseException:  # interrupted: the program must not outlive "
            "the wait\n                self.stop()\n                raise\n", "",
            "proc: an interrupted wait leaves the program running", PROC_TESTS),
-    # status asks Nix before parsing its command line, on a guess (binfmtd/status.py).
-    Mutant("binfmtd/status.py",
-           '    if early is not None and Path(early.conf_dir, "nix.conf") == host.nix_conf:\n',
-           "    if early is not None:\n",
-           "status: Nix's early reading used whatever file it read", EARLY_TESTS),
 )
 
 

@@ -20,8 +20,9 @@ from types import FrameType
 from typing import BinaryIO, Callable, Optional
 
 from ..apply import Outcome, reconcile_once
-from ..config import Config, Host, read_config
+from ..config import Config, read_config
 from ..errors import BinfmtdError
+from ..host import Host
 from ..nixtool import find_nix, nix_version
 from .log import get_logger
 from .notify import sd_notify

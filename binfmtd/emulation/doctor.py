@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
 from ..errors import BinfmtdError
 from ..files import temp_folder
 from ..proc import run_program
-from ..report import Report
+from ..reconcile import Plan
 from .elfgen import EXIT_CODE, MACHINES, exit_program
 from .sandboxrun import run_sandboxed
 
@@ -24,6 +25,15 @@ class Check(NamedTuple):
     name: str
     ok: Optional[bool]  # None: could not be checked here
     detail: str
+
+
+class Evidence(NamedTuple):
+    """What doctor checks against: the plan, Nix's own reading, and the nix-daemons."""
+
+    plan: Plan
+    effective: Optional[Mapping[str, str]]  # None: Nix not installed, or it refused
+    daemon_pids: tuple[int, ...]
+    stale_pids: tuple[int, ...]  # started before nix.conf last changed
 
 
 class Diagnosis(NamedTuple):
@@ -35,30 +45,30 @@ class Diagnosis(NamedTuple):
         return all(check.ok is not False for check in self.checks)
 
 
-def diagnose(report: Report, systems: tuple[str, ...], *, as_root: bool) -> list[Diagnosis]:
+def diagnose(seen: Evidence, systems: tuple[str, ...], *, as_root: bool) -> list[Diagnosis]:
     """Each system's checks; first, any handler that takes the host's own programs."""
-    visible = sandbox_paths(report)
+    visible = sandbox_paths(seen)
     captured = [Diagnosis(v.systems[0], (Check("host", False, f"{v.name} {v.problems[0]}"),))
-                for v in report.plan.verdicts if v.captures_host]
-    return captured + [Diagnosis(system, tuple(_checks(report, system, visible, as_root)))
+                for v in seen.plan.verdicts if v.captures_host]
+    return captured + [Diagnosis(system, tuple(_checks(seen, system, visible, as_root)))
                        for system in systems]
 
 
-def sandbox_paths(report: Report) -> list[str]:
+def sandbox_paths(seen: Evidence) -> list[str]:
     """What a build sandbox sees besides the store: Nix's own reading when it can be had."""
-    if report.effective is None:
-        return list(report.plan.declared_sandbox_paths)
+    if seen.effective is None:
+        return list(seen.plan.declared_sandbox_paths)
     paths = []
-    for word in report.effective.get("sandbox-paths", "").split():
+    for word in seen.effective.get("sandbox-paths", "").split():
         source = word.rstrip("?").split("=", 1)[-1]
         paths.append(source)
     return paths
 
 
-def _checks(report: Report, system: str, visible: list[str], as_root: bool) -> list[Check]:
-    serving = [v for v in report.plan.verdicts if system in v.platforms]
+def _checks(seen: Evidence, system: str, visible: list[str], as_root: bool) -> list[Check]:
+    serving = [v for v in seen.plan.verdicts if system in v.platforms]
     if not serving:
-        broken = [v for v in report.plan.verdicts if system in v.systems and v.problems]
+        broken = [v for v in seen.plan.verdicts if system in v.systems and v.problems]
         if broken:
             return [Check("handler", False, f"{v.name}: {v.problems[0]}") for v in broken]
         return [Check("handler", False, "no working handler: see binfmtd status, or run "
@@ -73,8 +83,8 @@ def _checks(report: Report, system: str, visible: list[str], as_root: bool) -> l
         program = exit_program(system)
         checks.append(_run_directly(system, program))
         checks.append(_run_sandboxed(program, visible, as_root))
-    checks.append(_declared(report, system))
-    checks.append(_daemon(report))
+    checks.append(_declared(seen, system))
+    checks.append(_daemon(seen))
     return checks
 
 
@@ -110,23 +120,23 @@ def _run_sandboxed(program: bytes, visible: list[str], as_root: bool) -> Check:
     return Check("sandbox", True, f"runs where only {seen} are visible, as in a Nix build")
 
 
-def _declared(report: Report, system: str) -> Check:
-    if report.effective is not None:
-        if system in report.effective.get("extra-platforms", "").split():
+def _declared(seen: Evidence, system: str) -> Check:
+    if seen.effective is not None:
+        if system in seen.effective.get("extra-platforms", "").split():
             return Check("nix.conf", True, "Nix reads it in extra-platforms")
         return Check("nix.conf", False, "Nix does not list it in extra-platforms: "
                                         "run binfmtd sync")
-    if system in report.plan.declared_platforms:
+    if system in seen.plan.declared_platforms:
         return Check("nix.conf", True, "declared (Nix is not installed to confirm)")
     return Check("nix.conf", False, "not declared: run binfmtd sync")
 
 
-def _daemon(report: Report) -> Check:
-    if report.stale_daemons:
-        pids = ", ".join(str(d.pid) for d in report.stale_daemons)
+def _daemon(seen: Evidence) -> Check:
+    if seen.stale_pids:
+        pids = ", ".join(str(pid) for pid in seen.stale_pids)
         return Check("nix-daemon", False, f"pid {pids} started before nix.conf last changed: "
                                           "restart nix-daemon")
-    if not report.daemons:
+    if not seen.daemon_pids:
         return Check("nix-daemon", True, "not running; it reads nix.conf when it starts")
     return Check("nix-daemon", True, "started after nix.conf last changed")
 

@@ -109,7 +109,7 @@ def render_binfmt_d(name: str, system: str, candidate: Candidate) -> str:
             f"{render_binfmt_line(name, system, candidate)}\n")
 
 
-def install_hint(system: str) -> Optional[str]:
+def emulator_install_hint(system: str) -> Optional[str]:
     """What to install for `system`, or None if binfmtd cannot register it at all."""
     emulation = EMULATIONS.get(system)
     if emulation is None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+from ..apply import Outcome, apply_plan, read_and_plan
 from ..binfmt import Handler
-from ..conffile import write_conf_text
-from ..config import Config, Host
+from ..config import Config
 from ..errors import BinfmtdError
+from ..files import replace_file
+from ..host import Host
 from ..interpreters import read_interpreter
 from ..platforms import known_systems, native_reason, unknown_system
 from ..reconcile import Plan
@@ -23,18 +26,37 @@ from .emulators import (
     EMULATIONS,
     Candidate,
     candidates,
-    install_hint,
+    emulator_install_hint,
     render_binfmt_d,
     render_binfmt_line,
 )
 
 
-class Outcome(NamedTuple):
-    """What register did for one system; `ok` False means the user must act."""
+class RegistrationResult(NamedTuple):
+    """What register or unregister did for one system; `ok` False: the user must act."""
 
     system: str
     ok: bool
     message: str
+    changed: bool = False  # binfmt_misc holds something else now
+
+
+class Emulated(NamedTuple):
+    """What `emulate` did: each system's registration, then the reconcile after them."""
+
+    results: tuple[RegistrationResult, ...]
+    outcome: Outcome
+
+
+def emulate(systems: Sequence[str], host: Host, config: Config, *,
+            restart: bool) -> Emulated:
+    """Register what `systems` lack, then bring nix.conf in line, as sync and register do:
+    binfmt_misc is read once, and once more only if a registration changed it."""
+    looked = read_and_plan(host, config)
+    results = tuple(register_system(system, looked.plan, host, config) for system in systems)
+    if any(result.changed for result in results):
+        looked = read_and_plan(host, config)
+    return Emulated(results, apply_plan(looked, host, config, write=True, restart=restart))
 
 
 def find_emulator(system: str) -> Optional[Candidate]:
@@ -65,32 +87,34 @@ def check_registrable(system: str, host_system: str) -> None:
         raise BinfmtdError(f"{native}: not registered")
 
 
-def register_system(system: str, planned: Plan, host: Host, config: Config) -> Outcome:
+def register_system(system: str, planned: Plan, host: Host, config: Config) -> RegistrationResult:
     """Register `system` unless something already emulates it, or the host runs it."""
     native = native_reason(system, host.system)
     if native is not None:  # emulated-systems lists it for the fleet's other machines
-        return Outcome(system, True, f"{native}: nothing to register")
+        return RegistrationResult(system, True, f"{native}: nothing to register")
     check_registrable(system, host.system)
     working = [v.name for v in planned.verdicts if system in v.platforms]
     if working:
-        return Outcome(system, True, f"already emulated by {', '.join(working)}")
+        return RegistrationResult(system, True, f"already emulated by {', '.join(working)}")
     prefix = config.registration_prefix
     foreign = [h.name for h in handlers_for(system, planned) if not h.name.startswith(prefix)]
     if foreign and not config.replace_handlers:
-        return Outcome(system, False, f"{', '.join(foreign)} handles it but does not work "
-                       "(see binfmtd status); set replace-handlers = true to register "
-                       "binfmtd's own in front of it")
+        return RegistrationResult(
+            system, False, f"{', '.join(foreign)} handles it but does not work (see binfmtd "
+            "status); set replace-handlers = true to register binfmtd's own in front of it")
     candidate = find_emulator(system)
     if candidate is None:
-        return Outcome(system, False, f"no static emulator installed: {install_hint(system)}")
+        return RegistrationResult(system, False, "no static emulator installed: "
+                                  f"{emulator_install_hint(system)}")
     name = prefix + system
-    write_conf_text(host.binfmt_d / f"{name}.conf", render_binfmt_d(name, system, candidate))
+    replace_file(host.binfmt_d / f"{name}.conf", render_binfmt_d(name, system, candidate))
     register_line(host.binfmt_misc, name, render_binfmt_line(name, system, candidate))
-    return Outcome(system, True, f"registered {name}: {candidate.path} (flags "
-                   f"{candidate.flags}), and {host.binfmt_d}/{name}.conf for every boot")
+    return RegistrationResult(system, True, f"registered {name}: {candidate.path} (flags "
+                              f"{candidate.flags}), and {host.binfmt_d}/{name}.conf for every "
+                              "boot", changed=True)
 
 
-def unregister_system(system: str, host: Host, config: Config) -> Outcome:
+def unregister_system(system: str, host: Host, config: Config) -> RegistrationResult:
     """Remove what `register` made for `system`, and nothing else."""
     unknown = unknown_system(system, known_systems())
     if unknown is not None:
@@ -108,8 +132,8 @@ def unregister_system(system: str, host: Host, config: Config) -> Outcome:
     except OSError as error:
         raise BinfmtdError(f"cannot remove {config_file}: {error.strerror}") from error
     if not removed:
-        return Outcome(system, True, f"nothing to remove: binfmtd registered no {name}")
-    return Outcome(system, True, f"removed {name}")
+        return RegistrationResult(system, True, f"nothing to remove: binfmtd registered no {name}")
+    return RegistrationResult(system, True, f"removed {name}", changed=True)
 
 
 def _check_name(name: str) -> None:

@@ -9,9 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from binfmtd.config import Config, Host
-from binfmtd.nixtool import read_in_place
-from binfmtd.status import ask_nix
 from tests.cli.conftest import Sandbox
 from tests.conftest import DATA, require
 
@@ -172,10 +169,11 @@ def nix_conf_declaring(folder: Path, system: str) -> Path:
 
 
 @pytest.mark.parametrize("named", [["--nix-conf", "{}"], ["--nix-conf={}"], ["--nix-c", "{}"]])
+@pytest.mark.parametrize("where", ["before", "after"])
 def test_status_shows_nix_reading_the_file_the_command_line_names(
-        sandbox: Sandbox, named: list[str]) -> None:
-    """status asks Nix before it parses its command line, about the file the environment
-    names; an option naming another file must still get Nix's reading of that one."""
+        sandbox: Sandbox, named: list[str], where: str) -> None:
+    """An option naming another nix.conf than the environment does wins, before the
+    command or after it, and Nix reads that very file."""
     require(shutil.which("nix") is not None, "Nix is not installed")
     from_env = nix_conf_declaring(sandbox.root / "env", "mips-linux")
     named_file = nix_conf_declaring(sandbox.root / "named", "riscv64-linux")
@@ -183,25 +181,10 @@ def test_status_shows_nix_reading_the_file_the_command_line_names(
     control = json.loads(sandbox.run("status", "--json", env=env).stdout)
     assert "mips-linux" in control["effective"]["extra-platforms"]
     words = [word.format(named_file) for word in named]
-    report = json.loads(sandbox.run(*words, "status", "--json", env=env).stdout)
+    argv = [*words, "status", "--json"] if where == "before" else ["status", "--json", *words]
+    report = json.loads(sandbox.run(*argv, env=env).stdout)
     assert "riscv64-linux" in report["effective"]["extra-platforms"]
     assert "mips-linux" not in report["effective"]["extra-platforms"]
-
-
-def test_a_reading_started_for_another_file_is_not_used(sandbox: Sandbox) -> None:
-    require(shutil.which("nix") is not None, "Nix is not installed")
-    guessed = read_in_place(str(nix_conf_declaring(sandbox.root / "guessed", "mips-linux")))
-    named = nix_conf_declaring(sandbox.root / "named", "riscv64-linux")
-    host = Host(system="x86_64-linux", binfmt_misc=sandbox.binfmt_misc, nix_conf=named,
-                config=sandbox.config, binfmt_d=sandbox.root / "binfmt.d")
-    try:
-        reading = ask_nix(host, Config(), early=guessed)
-        assert reading is not None
-        assert "riscv64-linux" in reading.result()["extra-platforms"]
-        assert reading.version()
-    finally:
-        assert guessed is not None
-        guessed.close()
 
 
 def test_a_missing_nix_folder_is_a_clear_error(sandbox: Sandbox) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from binfmtd.conffile import SELINUX_XATTR, managed_file, read_conf_text, write_conf_text
+from binfmtd.conffile import managed_file, read_conf_text
 from binfmtd.errors import BinfmtdError
+from binfmtd.files import SELINUX_XATTR, replace_file
 from tests.conftest import REPO, require
 
 LABEL = b"system_u:object_r:etc_t:s0\0"  # as SELinux stores it: NUL-terminated
@@ -26,7 +27,7 @@ def test_unchanged_text_is_not_written_and_mtime_kept(tmp_path: Path) -> None:
     conf = tmp_path / "nix.conf"
     conf.write_text("sandbox = true\n")
     os.utime(conf, (1_000_000, 1_000_000))
-    assert write_conf_text(conf, "sandbox = true\n") is False
+    assert replace_file(conf, "sandbox = true\n") is False
     assert conf.stat().st_mtime == 1_000_000
 
 
@@ -35,7 +36,7 @@ def test_a_change_replaces_the_file_and_keeps_its_mode(tmp_path: Path) -> None:
     conf.write_text("a = 1\n")
     conf.chmod(0o640)  # neither mkstemp's 0600 nor a new file's 0644
     before = conf.stat()
-    assert write_conf_text(conf, "a = 2\n") is True
+    assert replace_file(conf, "a = 2\n") is True
     after = conf.stat()
     assert conf.read_text() == "a = 2\n"
     assert after.st_ino != before.st_ino  # renamed into place, not rewritten
@@ -79,7 +80,7 @@ def write_on_a_tmpfs(folder: str) -> str:
     os.chown(conf, 1234, 5678)
     os.setxattr(conf, SELINUX_XATTR, LABEL)
     before = _attributes(conf)
-    write_conf_text(conf, "a = 2\n")
+    replace_file(conf, "a = 2\n")
     return json.dumps([before, _attributes(conf)])
 
 
@@ -95,7 +96,7 @@ def _attributes(path: Path) -> dict[str, object]:
 
 def test_a_new_file_is_readable_by_everyone(tmp_path: Path) -> None:
     conf = tmp_path / "nix.conf"
-    assert write_conf_text(conf, "a = 1\n")
+    assert replace_file(conf, "a = 1\n")
     assert conf.stat().st_mode & 0o777 == 0o644
 
 
@@ -105,7 +106,7 @@ def test_a_symlinked_nix_conf_is_written_through_and_stays_a_link(tmp_path: Path
     target.write_text("a = 1\n")
     link = tmp_path / "nix.conf"
     link.symlink_to(target)
-    assert write_conf_text(link, "a = 2\n")
+    assert replace_file(link, "a = 2\n")
     assert link.is_symlink()
     assert target.read_text() == "a = 2\n"
 
@@ -115,14 +116,14 @@ def test_non_utf8_bytes_survive_a_round_trip(tmp_path: Path) -> None:
     conf.write_bytes(b"# caf\xe9 latin-1\n")
     text = read_conf_text(conf)
     assert text is not None
-    write_conf_text(conf, text + "b = 1\n")
+    replace_file(conf, text + "b = 1\n")
     assert conf.read_bytes() == b"# caf\xe9 latin-1\nb = 1\n"
 
 
 def test_an_unwritable_folder_is_one_clear_error_and_the_file_is_kept(tmp_path: Path) -> None:
     conf = tmp_path / "missing-folder" / "nix.conf"
     with pytest.raises(BinfmtdError, match=r"cannot write .*old file is unchanged"):
-        write_conf_text(conf, "a = 1\n")
+        replace_file(conf, "a = 1\n")
 
 
 def test_missing_file_reads_as_none(tmp_path: Path) -> None:
@@ -159,6 +160,6 @@ def test_temp_files_left_by_a_killed_writer_are_cleaned_up_later(tmp_path: Path)
     stale.write_text("half")
     fresh.write_text("half")
     os.utime(stale, (1_000_000, 1_000_000))
-    assert write_conf_text(conf, "a = 2\n")
+    assert replace_file(conf, "a = 2\n")
     assert not stale.exists()  # minutes old: its writer is dead
     assert fresh.exists()  # could be another writer's, in progress

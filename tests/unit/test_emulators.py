@@ -10,8 +10,8 @@ from binfmtd.emulation.elfgen import MACHINES, exit_program
 from binfmtd.emulation.emulators import (
     EMULATIONS,
     Candidate,
+    emulator_install_hint,
     escape,
-    install_hint,
     render_binfmt_line,
 )
 from binfmtd.platforms import ElfIdentity, decode_magic, nix_system
@@ -66,8 +66,8 @@ def test_a_registration_line_as_binfmt_d_writes_it() -> None:
 
 
 def test_the_install_hint_names_both_families_packages() -> None:
-    hint = install_hint("riscv64-linux")
+    hint = emulator_install_hint("riscv64-linux")
     assert hint is not None
     assert "qemu-user-static on Debian/Ubuntu" in hint
     assert "qemu-user-static-riscv on Fedora" in hint
-    assert install_hint("vax-linux") is None
+    assert emulator_install_hint("vax-linux") is None

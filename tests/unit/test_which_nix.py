@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from binfmtd.nixtool import exec_start_path, install_hint, parse_version
+from binfmtd.nixtool import exec_start_path, nix_install_hint, parse_version
 
 UPSTREAM_UNIT = ("ExecStart={ path=/nix/var/nix/profiles/default/bin/nix-daemon ; "
                  "argv[]=/nix/var/nix/profiles/default/bin/nix-daemon --daemon ; "
@@ -42,7 +42,7 @@ def test_the_version_is_the_last_word_nix_prints(printed: str, version: str | No
 ])
 def test_the_install_hint_names_the_distributions_own_command(os_release: str,
                                                               hint: str) -> None:
-    assert install_hint(os_release) == hint
+    assert nix_install_hint(os_release) == hint
 
 
 def test_nixs_colours_never_reach_the_user() -> None:
