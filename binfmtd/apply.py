@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+from .asknix import validate_candidate
 from .binfmt import BinfmtState, Interpreter, read_binfmt_state
 from .conffile import foreign_owner, managed_file, read_conf_text
 from .config import Config
@@ -16,7 +17,7 @@ from .files import replace_file
 from .host import Host
 from .interpreters import read_interpreter
 from .nixdaemon import restart_nix_daemon
-from .nixtool import find_nix, read_nix_install_hint, validate_candidate
+from .nixtool import find_nix, read_nix_install_hint
 from .reconcile import Plan, interpreters_needed, plan, plan_removal
 
 

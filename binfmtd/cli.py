@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Callable, NamedTuple, Optional
 
 from . import __version__
+from .asknix import ask_nix
 from .config import read_config
 from .errors import EXIT_ERROR, BinfmtdError
 from .host import DEFAULT_BINFMT_MISC, DEFAULT_CONFIG, DEFAULT_NIX_CONF, Named, find_host
-from .status import ask_nix
 
 EXIT_STATUS = """exit status:
   0  done; in sync, no problem
@@ -109,32 +109,35 @@ COMMANDS: dict[str, Command] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line. The global options are taken before or after the command."""
+    global_options = _global_options()
     parser = argparse.ArgumentParser(
         prog="binfmtd", epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Keep Nix's extra platforms and sandbox paths in step with binfmt_misc.")
+        description="Keep Nix's extra platforms and sandbox paths in step with binfmt_misc.",
+        parents=[global_options])
     parser.add_argument("--version", action="version", version=f"binfmtd {__version__}")
-    _global_options(parser, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         sub = commands.add_parser(name, help=command.summary, description=command.summary,
-                                  epilog=EXIT_STATUS,
+                                  epilog=EXIT_STATUS, parents=[global_options],
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         command.options(sub)
-        _global_options(sub, argparse.SUPPRESS)
     return parser
 
 
-def _global_options(parser: argparse.ArgumentParser, default: str) -> None:
-    """--config, --binfmt-misc, --nix-conf; absent unless given (SUPPRESS), so that one given
-    after the command is not undone by the top-level parser's default, nor the reverse."""
-    parser.add_argument("--config", metavar="PATH", default=default,
+def _global_options() -> argparse.ArgumentParser:
+    """--config, --binfmt-misc, --nix-conf, before the command or after it. Absent unless
+    given (SUPPRESS), so that one given after the command is not undone by the top-level
+    parser's default, nor the reverse."""
+    parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", metavar="PATH",
                         help=f"config.toml (default {DEFAULT_CONFIG}, optional; "
                              "env BINFMTD_CONFIG)")
-    parser.add_argument("--binfmt-misc", metavar="DIR", default=default,
+    parser.add_argument("--binfmt-misc", metavar="DIR",
                         help=f"binfmt_misc folder (default {DEFAULT_BINFMT_MISC}; "
                              "env BINFMTD_BINFMT_MISC)")
-    parser.add_argument("--nix-conf", metavar="PATH", default=default,
+    parser.add_argument("--nix-conf", metavar="PATH",
                         help=f"nix.conf (default {DEFAULT_NIX_CONF}; env BINFMTD_NIX_CONF)")
+    return parser
 
 
 def _positive(text: str) -> int:

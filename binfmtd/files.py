@@ -139,7 +139,7 @@ def temp_folder(kind: str) -> str:
     namespace = str(os.stat("/proc/self/ns/pid").st_ino)
     for entry in os.scandir(parent):
         if entry.name.startswith(prefix) and _abandoned(entry, prefix, namespace):
-            _remove_tree(entry.path)
+            remove_folder(entry.path)
     return tempfile.mkdtemp(prefix=f"{prefix}{namespace}-{os.getpid()}-", dir=parent)
 
 
@@ -164,8 +164,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_tree(path: str) -> None:
-    import shutil
+def remove_folder(path: str) -> None:
+    """Remove a temp folder and all in it, whatever is left of it."""
+    import shutil  # only what made a temp folder pays for it
 
     shutil.rmtree(path, ignore_errors=True)
 

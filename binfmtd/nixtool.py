@@ -6,11 +6,11 @@ import os
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from .errors import BinfmtdError
+from .files import remove_folder
 from .proc import run_program, start_program
 
 if TYPE_CHECKING:  # status asks Nix before pathlib, re and the rest are imported
     from collections.abc import Mapping, Sequence
-    from pathlib import Path
 
     from .proc import Running
 
@@ -112,6 +112,13 @@ def show_config_argv(nix: str, command: list[str]) -> list[str]:
     return [nix, *EXPERIMENTAL, *command]
 
 
+class Staged(NamedTuple):
+    """A temp folder laid out for Nix, and the real file each copy in it stands for."""
+
+    folder: str
+    names: dict[str, str]  # path of a copy -> the path of the file it stands for
+
+
 class NixReading:
     """`nix show-config` under way for the nix.conf in one folder (no user files), and
     on request `nix --version` beside it.
@@ -158,7 +165,7 @@ class NixReading:
 
     def _remove_staged(self) -> None:
         if self._staged is not None:
-            _remove(self._staged.folder)
+            remove_folder(self._staged.folder)
             self._staged = None
 
     def _output(self) -> str:
@@ -192,95 +199,6 @@ def _unknown_command(stderr: str) -> bool:
     return "recognised command" in stderr or "recognized command" in stderr
 
 
-class Staged(NamedTuple):
-    """A temp folder laid out for Nix, and the real file each copy in it stands for."""
-
-    folder: str
-    names: dict[str, str]  # path of a copy -> the path of the file it stands for
-
-
-def start_reading(nix: str, main_conf: Path, managed: Path, text: str,
-                  main_text: str) -> NixReading:
-    """Ask Nix about the files as they would be with `text` in `managed`.
-
-    Nix reads nix.conf in NIX_CONF_DIR and resolves each include against the folder of the
-    file that includes it, so a copy of nix.conf alone would lose every relative include.
-    The temp folder gets a copy of nix.conf and of every file it reaches through includes,
-    each include pointing at its copy, `text` standing in for `managed`; Nix's messages
-    name the real files again.
-    """
-    from .files import temp_folder  # only a staged reading needs it
-
-    folder = temp_folder("validate")
-    try:
-        stager = _Stager(folder, str(managed), text)
-        stager.copy(str(main_conf), text if managed == main_conf else main_text, "nix.conf")
-        return NixReading(nix, folder, staged=Staged(folder, stager.names))
-    except BaseException:
-        _remove(folder)
-        raise
-
-
-class _Stager:
-    """Copies a nix.conf and what it includes into one folder, includes pointing inside."""
-
-    def __init__(self, folder: str, managed: str, text: str) -> None:
-        self.folder, self.managed, self.text = folder, managed, text
-        self.names: dict[str, str] = {}  # copy -> real
-        self._copies: dict[str, str] = {}  # real -> copy
-
-    def copy(self, real: str, text: Optional[str], name: str) -> str:
-        """Write `text` (None: the file is missing) as the copy of `real`; its path."""
-        copy = os.path.join(self.folder, name)
-        self.names[copy], self._copies[real] = real, copy
-        if text is None:
-            return copy  # not written: Nix finds it missing, as it would the real one
-        lines = text.split("\n")
-        for number, line in enumerate(lines):
-            include = _include_line(line)
-            if include is not None:
-                keyword, target = include
-                where = os.path.normpath(os.path.join(os.path.dirname(real), target))
-                lines[number] = f"{keyword} {self._staged(where)}"
-        _stage(copy, "\n".join(lines))
-        return copy
-
-    def _staged(self, real: str) -> str:
-        """The copy that stands for `real`, made on first sight (a cycle reuses it, as
-        Nix would loop over the real files)."""
-        if real in self._copies:
-            return self._copies[real]
-        name = f"{len(self._copies)}-{os.path.basename(real)}"
-        if os.path.realpath(real) == os.path.realpath(self.managed):
-            return self.copy(real, self.text, name)
-        return self.copy(real, _included_text(real), name)
-
-
-def _include_line(line: str) -> Optional[tuple[str, str]]:
-    """(`include` or `!include`, the path) where Nix reads `line` as an include."""
-    from .nixconf import INCLUDE_KEYS, NIX_WHITESPACE
-
-    words = NIX_WHITESPACE.split(line.split("#", 1)[0].strip(" \t\r"))
-    if words[0] in INCLUDE_KEYS and len(words) == 2:
-        return words[0], words[1]
-    return None
-
-
-def _included_text(path: str) -> Optional[str]:
-    """What Nix reads of an included file: None when it does not exist; nothing from a
-    file it cannot read (Nix skips those without a word)."""
-    from pathlib import Path
-
-    from .conffile import read_conf_text
-
-    if not os.path.lexists(path):
-        return None
-    try:
-        return read_conf_text(Path(path)) or ""
-    except BinfmtdError:
-        return ""
-
-
 def _last_error(stderr: str) -> str:
     """Nix's last error line, without its colours (Nix colours some even into a pipe)."""
     import re
@@ -298,21 +216,3 @@ def parse_show_config(text: str) -> dict[str, str]:
         if sep:
             settings[key.strip()] = value.strip()
     return settings
-
-
-def validate_candidate(
-    nix: str, main_conf: Path, managed: Path, candidate: str, main_text: str
-) -> dict[str, str]:
-    """Nix's effective settings with `candidate` in place of `managed`; BinfmtdError if rejected."""
-    return start_reading(nix, main_conf, managed, candidate, main_text).result()
-
-
-def _remove(folder: str) -> None:
-    import shutil  # only a staged reading has a folder to remove
-
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _stage(path: str, text: str) -> None:
-    with open(path, "wb") as file:
-        file.write(text.encode("utf-8", "surrogateescape"))

@@ -6,47 +6,22 @@ import contextlib
 import os
 from typing import TYPE_CHECKING, Optional
 
-from .conffile import managed_file, read_conf_text
 from .config import Config
 from .errors import BinfmtdError
 from .host import Host
 from .nixdaemon import failed_units, find_nix_daemons, started_before, systemd_running
-from .nixtool import NixReading, find_nix, read_in_place, read_nix_install_hint, start_reading
+from .nixtool import NixReading, find_nix, read_nix_install_hint
 
-if TYPE_CHECKING:  # cli starts ask_nix() before the command's own module is imported
+if TYPE_CHECKING:
     from .apply import World
     from .builder import BuilderLine
     from .reconcile import Plan
     from .report import Report
 
 
-def ask_nix(host: Host, config: Config) -> Optional[NixReading]:
-    """Nix's own reading of nix.conf as it is now, with Nix's version, under way; None
-    where Nix is not installed. Started as soon as the paths are known, so that Nix's two
-    runs overlap binfmtd's own reading of binfmt_misc."""
-    if host.nix_conf.name == "nix.conf":
-        reading = read_in_place(str(host.nix_conf))
-    else:
-        reading = _read_staged(host, config)
-    if reading is not None:
-        reading.ask_version()
-    return reading
-
-
-def _read_staged(host: Host, config: Config) -> Optional[NixReading]:
-    """A nix.conf by another name: Nix reads a copy named nix.conf in a temp folder."""
-    nix = find_nix()
-    if nix is None:
-        return None
-    main_text = read_conf_text(host.nix_conf)
-    managed = managed_file(host.nix_conf, main_text, config.nix_conf_target)
-    text = main_text if managed == host.nix_conf else read_conf_text(managed)
-    return start_reading(nix, host.nix_conf, managed, text or "", main_text or "")
-
-
 def gather_report(world: World, planned: Plan, host: Host, config: Config,
                   reading: Optional[NixReading]) -> Report:
-    """The plan, with Nix's own reading (from ask_nix) and nix-daemon's state."""
+    """The plan, with Nix's own reading (asknix.ask_nix) and nix-daemon's state."""
     from .report import Report
 
     effective: Optional[dict[str, str]] = None

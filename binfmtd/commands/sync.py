@@ -7,6 +7,7 @@ from argparse import Namespace
 from typing import Optional
 
 from ..apply import Outcome, reconcile_once
+from ..asknix import ask_nix
 from ..config import Config
 from ..emulation.registration import emulate
 from ..errors import EXIT_ATTENTION, EXIT_OK
@@ -14,7 +15,7 @@ from ..host import Host
 from ..nixtool import NixReading
 from ..reconcile import emulated_here
 from ..report import print_json, removal_summary, sync_summary, to_json, unified_diff, warn
-from ..status import ask_nix, gather_report
+from ..status import gather_report
 
 
 def sync(args: Namespace, host: Host, config: Config, nix: Optional[NixReading]) -> int:
