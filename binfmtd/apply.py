@@ -16,9 +16,10 @@ from .errors import BinfmtdError
 from .files import replace_file
 from .host import Host
 from .interpreters import read_interpreter
+from .judge import interpreters_needed
 from .nixdaemon import restart_nix_daemon
 from .nixtool import find_nix, read_nix_install_hint
-from .reconcile import Plan, interpreters_needed, plan, plan_removal
+from .reconcile import Plan, plan, plan_removal
 
 
 class World(NamedTuple):

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Optional
 
-from .binfmt import BinfmtState, Handler, Interpreter, MalformedEntry
+from .binfmt import BinfmtState, Interpreter
 from .config import Config
+from .judge import Verdict, judge_entry
 from .nixconf import (
     Block,
     BrokenBlock,
@@ -19,9 +20,8 @@ from .nixconf import (
     render_block,
     replace_block,
     settings_after_block,
-    unsafe_path_reason,
 )
-from .platforms import ElfIdentity, decode_magic, native_reason, served_systems
+from .platforms import native_reason
 
 
 class Problem(NamedTuple):
@@ -32,21 +32,6 @@ class Problem(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.subject}: {self.message}"
-
-
-class Verdict(NamedTuple):
-    """What one binfmt_misc entry makes binfmtd declare, and why."""
-
-    name: str
-    handler: Optional[Handler]  # None for a malformed entry
-    systems: tuple[str, ...] = ()  # every Nix system its machine serves, declared or not
-    platforms: tuple[str, ...] = ()  # what it makes binfmtd declare
-    sandbox_paths: tuple[str, ...] = ()
-    note: Optional[str] = None  # why it declares nothing, when that is normal
-    problems: tuple[str, ...] = ()
-    interpreter: Optional[Interpreter] = None
-    no_nix_system: bool = False  # a machine Nix has no system for: status folds these
-    captures_host: bool = False  # it matches this host's own programs: every exec is its
 
 
 class Blocked(NamedTuple):
@@ -196,124 +181,3 @@ def _user_platform_notes(conf_text: str, block: Optional[Block]) -> list[str]:
         "platforms; `extra-extra-platforms` would add to them"
         for s in parse_settings(before) if s.key == "extra-platforms"
     ]
-
-
-# A handler that would declare systems, once its interpreter is looked at.
-Declarable = tuple[Handler, tuple[str, ...], tuple[str, ...]]  # handler, served, wanted
-
-
-def judge_entry(
-    entry: Handler | MalformedEntry,
-    binfmt_enabled: bool,
-    interpreters: Mapping[str, Interpreter],
-    config: Config,
-    host_system: str,
-) -> Verdict:
-    """What one entry contributes: platforms and sandbox paths, or why nothing."""
-    judged = _judge_machine(entry, binfmt_enabled, config, host_system)
-    if isinstance(judged, Verdict):
-        return judged
-    handler, served, wanted = judged
-    interpreter = interpreters.get(handler.interpreter, Interpreter(handler.interpreter, False))
-    return _with_interpreter(handler, served, wanted, interpreter)
-
-
-def interpreters_needed(binfmt: BinfmtState, config: Config, host_system: str) -> list[str]:
-    """The interpreters a plan looks at: those of handlers that would declare a system.
-
-    Looking at the others (Debian registers a .pyc handler run by a dynamic python3) would
-    cost every reading an ld.so run each, for nothing.
-    """
-    judged = (_judge_machine(e, binfmt.enabled, config, host_system) for e in binfmt.entries)
-    return sorted({j[0].interpreter for j in judged if not isinstance(j, Verdict)})
-
-
-def _judge_machine(
-    entry: Handler | MalformedEntry, binfmt_enabled: bool, config: Config, host_system: str,
-) -> Verdict | Declarable:
-    """The verdict on what the entry matches, or what it would declare."""
-    if isinstance(entry, MalformedEntry):
-        return Verdict(entry.name, None, problems=(f"malformed entry: {entry.reason}",))
-    handler = entry
-    if not handler.enabled:
-        return Verdict(handler.name, handler, note="disabled")
-    if not binfmt_enabled:
-        return Verdict(handler.name, handler, note="binfmt_misc as a whole is disabled")
-    if handler.magic is None:
-        return Verdict(handler.name, handler,
-                       note=f"matches by file extension .{handler.extension}, not by machine")
-    identity = decode_magic(handler.magic, handler.mask, handler.offset)
-    if not isinstance(identity, ElfIdentity):
-        return Verdict(handler.name, handler, note=identity.reason)
-    served = served_systems(identity)
-    if not served:
-        return Verdict(handler.name, handler, note=f"Nix has no system for "
-                       f"{identity.describe()} binaries", no_nix_system=True)
-    if served[0] == host_system:
-        return Verdict(handler.name, handler, systems=served, captures_host=True,
-                       problems=(capture_problem(handler),))
-    wanted, note = _wanted(served, config, host_system)
-    if not wanted:
-        return Verdict(handler.name, handler, systems=served, note=note)
-    return handler, served, wanted
-
-
-def capture_problem(handler: Handler) -> str:
-    """What a handler for the host's own machine does, and how to take it away."""
-    return ("matches this host's own programs: binfmt_misc is tried before the kernel's own "
-            f"loader, so every program on the machine goes through {handler.interpreter} "
-            "(or fails with 'Too many levels of symbolic links'); remove it with "
-            f"`echo -1 > /proc/sys/fs/binfmt_misc/{handler.name}` and the binfmt.d line "
-            "that registers it at boot")
-
-
-def _wanted(
-    served: tuple[str, ...], config: Config, host_system: str
-) -> tuple[tuple[str, ...], Optional[str]]:
-    """The served systems to declare, else why none."""
-    system = served[0]
-    if system == "i686-linux" and host_system == "x86_64-linux" and not config.declare_i686:
-        return (), "x86_64 hosts run i686-linux natively (see declare-i686)"
-    wanted = tuple(s for s in served if s not in config.ignore_platforms
-                   and (s != "armv6l-linux" or config.declare_armv6l))
-    return wanted, None if wanted else f"{system} is in ignore-platforms"
-
-
-def _with_interpreter(
-    handler: Handler, served: tuple[str, ...], systems: tuple[str, ...],
-    interpreter: Interpreter,
-) -> Verdict:
-    """Declare the systems only if a sandboxed build could really use the interpreter."""
-    name, opened = handler.name, "F" in handler.flags
-
-    def broken(problem: str) -> Verdict:
-        return Verdict(name, handler, systems=served, problems=(problem,),
-                       interpreter=interpreter)
-
-    unsafe = unsafe_path_reason(handler.interpreter)
-    if unsafe:
-        return broken(f"interpreter path {handler.interpreter!r} {unsafe}; not declared")
-    if not interpreter.exists:
-        if opened:
-            return Verdict(name, handler, systems=served, platforms=systems,
-                           interpreter=interpreter,
-                           note="interpreter is not on this file system; the kernel holds "
-                                "it open (flag F)")
-        return broken(f"interpreter {handler.interpreter} is missing and the F flag is not "
-                      "set, so the kernel cannot run it; reinstall the emulator")
-    if interpreter.error:
-        return broken(f"interpreter {handler.interpreter} {interpreter.error}; not declared")
-    own_paths = () if opened else (handler.interpreter, *interpreter.link_targets)
-    paths = (*own_paths, *interpreter.libraries)
-    for path in paths:
-        unsafe = unsafe_path_reason(path)
-        if unsafe:
-            return broken(f"sandbox path {path!r} {unsafe}; not declared")
-    untrusted = dict(interpreter.untrusted)
-    for path in paths:
-        if path in untrusted:
-            return broken(f"sandbox path {path} is not root's alone: {untrusted[path]}, and "
-                          f"whoever can change it controls every {served[0]} build; not "
-                          "declared (make it root's: chown root, chmod go-w)")
-    return Verdict(name, handler, systems=served, platforms=systems,
-                   sandbox_paths=tuple(paths), interpreter=interpreter)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
-from .reconcile import Plan, Verdict
+from .judge import Verdict
+from .reconcile import Plan
 
 if TYPE_CHECKING:
     from .apply import Outcome, World

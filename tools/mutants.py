@@ -95,8 +95,8 @@ MUTANTS: tuple[Mutant, ...] = (
            '                lines[number] = f"{keyword} {self._staged(where)}"\n',
            "                pass\n", "validate: the copy of nix.conf loses its includes",
            "tests/cli/test_cli.py"),
-    # Only paths root alone can change go into the sandbox (binfmtd/reconcile.py).
-    Mutant("binfmtd/reconcile.py", "        if path in untrusted:\n", "        if False:\n",
+    # Only paths root alone can change go into the sandbox (binfmtd/judge.py).
+    Mutant("binfmtd/judge.py", "        if path in untrusted:\n", "        if False:\n",
            "sandbox: an interpreter others may change is declared", REGISTER_TESTS),
     # What is not binfmtd's stays (binfmtd/emulation/registration.py).
     Mutant("binfmtd/emulation/registration.py",
