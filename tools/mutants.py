@@ -90,8 +90,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "start = begin - 1 if begin > 0 else begin",
            "nixconf: a moved block takes the newline before it, gluing its neighbours",
            "tests/unit/test_nixconf.py"),
-    # Validation reads the includes where Nix does (binfmtd/nixtool.py).
-    Mutant("binfmtd/nixtool.py",
+    # Validation reads the includes where Nix does (binfmtd/asknix.py).
+    Mutant("binfmtd/asknix.py",
            '                lines[number] = f"{keyword} {self._staged(where)}"\n',
            "                pass\n", "validate: the copy of nix.conf loses its includes",
            "tests/cli/test_cli.py"),
