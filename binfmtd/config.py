@@ -28,7 +28,7 @@ from pathlib import Path
 from stat import S_IWGRP, S_IWOTH
 from typing import Any, NamedTuple, Optional
 
-from .emulation.emulators import EMULATIONS
+from .emulators import EMULATIONS
 from .errors import BinfmtdError
 from .files import read_small_file
 from .platforms import known_systems, unknown_system

@@ -16,13 +16,7 @@ from typing import NamedTuple, Optional
 from ..apply import Outcome, apply_plan, read_and_plan
 from ..binfmt import Handler
 from ..config import Config
-from ..errors import BinfmtdError
-from ..files import replace_file
-from ..host import Host
-from ..interpreters import read_interpreter
-from ..platforms import known_systems, native_reason, unknown_system
-from ..reconcile import Plan
-from .emulators import (
+from ..emulators import (
     EMULATIONS,
     Candidate,
     candidates,
@@ -30,6 +24,12 @@ from .emulators import (
     render_binfmt_d,
     render_binfmt_line,
 )
+from ..errors import BinfmtdError
+from ..files import replace_file
+from ..host import Host
+from ..interpreters import read_interpreter
+from ..platforms import known_systems, native_reason, unknown_system
+from ..reconcile import Plan
 
 
 class RegistrationResult(NamedTuple):

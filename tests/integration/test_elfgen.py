@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from binfmtd.emulation.elfgen import EXIT_CODE, MACHINES, exit_program
-from binfmtd.emulation.emulators import EMULATIONS
+from binfmtd.emulators import EMULATIONS
 from tests.conftest import require
 
 QEMU_ARCH = {system: emulation.qemu_arch for system, emulation in EMULATIONS.items()}

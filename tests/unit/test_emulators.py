@@ -7,7 +7,7 @@ import pytest
 
 from binfmtd.binfmt import Handler, parse_entry
 from binfmtd.emulation.elfgen import MACHINES, exit_program
-from binfmtd.emulation.emulators import (
+from binfmtd.emulators import (
     EMULATIONS,
     Candidate,
     emulator_install_hint,

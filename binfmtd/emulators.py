@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from ..platforms import with_also_runs
+from .platforms import with_also_runs
 
 
 class Emulation(NamedTuple):
