@@ -65,7 +65,9 @@ def start_reading(nix: str, main_conf: Path, managed: Path, text: str,
     try:
         stager = _Stager(folder, str(managed), text)
         stager.copy(str(main_conf), text if managed == main_conf else main_text, "nix.conf")
-        return NixReading(nix, folder, staged=Staged(folder, stager.names))
+        # The folder last: a copy's path is replaced before the folder it lies in.
+        names = {**stager.names, folder: str(main_conf.parent)}
+        return NixReading(nix, folder, staged=Staged(folder, names))
     except BaseException:
         remove_folder(folder)
         raise

@@ -1,11 +1,14 @@
-"""The one exception type: it means "stop this command", never "a handler is odd"; and the
-exit statuses of the command-line contract."""
+"""The one exception type: it means "stop this command", never "a handler is odd"; and what
+every command shares of the command-line contract: its exit statuses, --json's version."""
 
 from __future__ import annotations
 
 EXIT_OK = 0  # done; in sync, no problem
 EXIT_ATTENTION = 1  # out of sync, a problem, a stale nix-daemon; sync --check: would change
 EXIT_ERROR = 2  # an error: one line on stderr
+# The "version" of every --json object (binfmtd/output.schema.json): raised when a key
+# changes its meaning or goes away, not when one is added.
+JSON_VERSION = 1
 
 
 class BinfmtdError(Exception):

@@ -150,14 +150,24 @@ class NixReading:
             return None
 
     def result(self) -> dict[str, str]:
-        """The settings Nix derives; BinfmtdError when it rejects the file."""
+        """The settings Nix derives; BinfmtdError when it rejects the file. Where Nix read
+        a staged copy, the copies' paths (`builders = @<folder>/machines`) name the real
+        files again."""
         try:
-            return parse_show_config(self._output())
+            return parse_show_config(self._unstaged(self._output()))
         finally:
             self._remove_staged()
 
+    def _unstaged(self, text: str) -> str:
+        """`text` with each staged copy's path, and the staged folder, replaced by the real."""
+        if self._staged is None:
+            return text
+        for copy, real in self._staged.names.items():  # the copies, then their folder
+            text = text.replace(copy, real)
+        return text
+
     def close(self) -> None:
-        """Stop what nobody waited for (a reading started on a guess that was wrong)."""
+        """Stop what nobody waited for (a command that ended before it asked)."""
         for running in (self._first, self._version):
             if running is not None:
                 running.stop()
@@ -179,9 +189,7 @@ class NixReading:
             return result.stdout
         if _unknown_command(result.stderr):
             raise BinfmtdError("this Nix has neither `nix show-config` nor `nix config show`")
-        said = _last_error(result.stderr)
-        for copy, real in (self._staged.names.items() if self._staged else ()):
-            said = said.replace(copy, real)  # name the admin's files, not the copies
+        said = self._unstaged(_last_error(result.stderr))  # the admin's files, not copies
         raise BinfmtdError(f"Nix rejects it: {said}")
 
 

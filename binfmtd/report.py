@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
+from .errors import JSON_VERSION
 from .judge import Verdict
 from .reconcile import Plan
 
@@ -57,6 +58,7 @@ def to_json(report: Report, **extra: Any) -> dict[str, Any]:
     """The object the command-line contract promises, plus details."""
     plan = report.plan
     return {
+        "version": JSON_VERSION,
         "platforms": list(plan.declared_platforms),
         "sandbox_paths": list(plan.declared_sandbox_paths),
         "wanted_platforms": list(plan.platforms),

@@ -9,7 +9,7 @@ from typing import Optional
 from ..apply import read_and_plan
 from ..builder import BuilderOptions, read_builder_line
 from ..config import Config
-from ..errors import EXIT_ATTENTION, EXIT_OK, BinfmtdError
+from ..errors import EXIT_ATTENTION, EXIT_OK, JSON_VERSION, BinfmtdError
 from ..host import Host
 from ..nixtool import NixReading, read_nix_install_hint
 from ..report import print_json, to_json, to_text
@@ -39,7 +39,7 @@ def builder_line(args: Namespace, host: Host, config: Config,
                              mandatory_features=tuple(args.mandatory_feature))
     line = read_builder_line(host.system, declared, nix.result(), options)
     if args.json:
-        print_json(line.to_json())
+        print_json({"version": JSON_VERSION, **line.to_json()})
     else:
         print(line.render())
     return EXIT_OK

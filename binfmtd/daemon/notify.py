@@ -1,7 +1,8 @@
 """Talk to systemd: sd_notify(3) and native journal entries.
 
-systemd-python is used where it is installed; without it, the built-in versions below
-speak the same two datagram protocols, so the daemon never depends on it.
+python3-systemd (what the .deb and the RPM depend on) is used where it is installed:
+systemd.daemon.notify and systemd.journal.send. Without it (a pip install), the built-in
+versions below speak the same two datagram protocols, so the daemon never needs it.
 """
 
 from __future__ import annotations
@@ -9,9 +10,20 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from typing import Any, Optional
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 NOTIFY_TIMEOUT_SECONDS = 2.0
+
+
+def _systemd(module: str) -> Optional[Any]:
+    """python3-systemd's `module`, None where it is not installed."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"systemd.{module}")
+    except ImportError:
+        return None
 
 
 def sd_notify(state: str, environ: Mapping[str, str] = os.environ) -> bool:
@@ -19,6 +31,9 @@ def sd_notify(state: str, environ: Mapping[str, str] = os.environ) -> bool:
     address = environ.get("NOTIFY_SOCKET")
     if not address:
         return False
+    daemon = _systemd("daemon")
+    if daemon is not None and environ is os.environ:
+        return bool(daemon.notify(state))
     if address.startswith("@"):  # abstract namespace
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
@@ -42,10 +57,9 @@ def encode_journal_fields(fields: Mapping[str, str]) -> bytes:
 
 
 def journal_send(fields: Mapping[str, str], path: str = JOURNAL_SOCKET) -> None:
-    """Write one structured journal entry (MESSAGE=, PRIORITY=, and any FIELD=)."""
-    try:
-        from systemd import journal  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
+    """Write one structured journal entry (MESSAGE=, PRIORITY=, MESSAGE_ID=, any FIELD=)."""
+    journal = _systemd("journal") if path == JOURNAL_SOCKET else None
+    if journal is None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.sendto(encode_journal_fields(fields), path)
         return

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
-from ..errors import BinfmtdError
+from ..errors import JSON_VERSION, BinfmtdError
 from ..files import temp_folder
 from ..proc import run_program
 from ..reconcile import Plan
@@ -156,6 +156,7 @@ def to_text(diagnoses: list[Diagnosis]) -> str:
 
 def to_json(diagnoses: list[Diagnosis]) -> dict[str, Any]:
     return {
+        "version": JSON_VERSION,
         "ok": all(d.ok for d in diagnoses),
         "platforms": [
             {"system": d.system, "ok": d.ok,
