@@ -70,6 +70,7 @@ fi
 rm -rf "$src/debian"
 cp -a "$here" "$src/debian"
 cp "$here/../config.toml" "$src/debian/config.toml"  # one default config for both packages
+cp "$src/systemd/binfmtd.service" "$src/debian/binfmtd.service"  # for dh_installsystemd
 rm -f "$src/debian/build.sh"
 
 echo "build.sh: dpkg-buildpackage in $src"
