@@ -22,10 +22,11 @@ die() { log "error: $*"; exit 1; }
 # --- build dependencies (Debian/Ubuntu: apt-get, only for what is missing) -----------------
 # rpm: rpmbuild. python3-build, -setuptools, -wheel: the sdist. python3-pip, -installer:
 # what %pyproject_wheel/%pyproject_install do here. python3-packaging: rpm's python
-# dependency generator. python3-structlog, -psutil: binfmtd's runtime dependencies, which
-# %pyproject_buildrequires makes BuildRequires on Fedora, for %check's import test.
+# dependency generator. python3-structlog, -systemd: binfmtd's runtime dependencies, which
+# %pyproject_buildrequires makes BuildRequires on Fedora, for %check's import test;
+# python3-pytest, -hypothesis: %check's unit tier.
 debs=(rpm python3-build python3-setuptools python3-wheel python3-pip python3-installer
-      python3-packaging python3-structlog python3-psutil)
+      python3-packaging python3-structlog python3-systemd python3-pytest python3-hypothesis)
 if command -v dpkg >/dev/null && command -v apt-get >/dev/null; then
     missing=()
     for deb in "${debs[@]}"; do

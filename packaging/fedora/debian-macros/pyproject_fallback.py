@@ -88,7 +88,8 @@ def cmd_install(args: argparse.Namespace) -> None:
     for name in ("RECORD", "REQUESTED"):
         (distinfos[0] / name).unlink(missing_ok=True)
 
-    # As %py3_shebang_fix: `#!/usr/bin/python3 -sP` in the installed commands.
+    # As %py3_shebang_fix (Fedora's pathfix.py): `#! /usr/bin/python3 -sP`, a space after
+    # `#!`, in the installed commands.
     bindir = in_root(buildroot, args.bindir)
     if args.shebang_flags and bindir.is_dir():
         for script in sorted(bindir.iterdir()):
@@ -96,7 +97,8 @@ def cmd_install(args: argparse.Namespace) -> None:
             first, newline, rest = data.partition(b"\n")
             if first == f"#!{args.interpreter}".encode():
                 flags = args.shebang_flags.encode()
-                script.write_bytes(first + b" -" + flags + newline + rest)
+                script.write_bytes(b"#! " + args.interpreter.encode() + b" -" + flags
+                                   + newline + rest)
 
 
 def valid_module_name(name: str) -> bool:
@@ -187,6 +189,37 @@ def cmd_check_import(args: argparse.Namespace) -> None:
     subprocess.run([sys.executable, "-s", "-c", program, *names], check=True, env=env)
 
 
+def cmd_buildrequires(args: argparse.Namespace) -> None:
+    """What %pyproject_buildrequires prints, one BuildRequires a line, as Fedora's generator
+    does: pip and packaging (what the macros themselves run), the build backend's own
+    requirements and what it asks for building a wheel, then the project's run-time
+    dependencies, each as python3dist(NAME) with its version bounds, markers evaluated for
+    this Python."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads(Path("pyproject.toml").read_text())
+    hook = subprocess.run(
+        [sys.executable, "-c", "import contextlib, json, sys, setuptools.build_meta as b\n"
+         "with contextlib.redirect_stdout(sys.stderr):\n"
+         "    wanted = b.get_requires_for_build_wheel()\n"
+         "print(json.dumps(wanted))"],
+        check=True, capture_output=True, text=True).stdout
+    import json
+
+    wanted = ["pip >= 19", "packaging", *project["build-system"]["requires"],
+              *json.loads(hook), *project["project"].get("dependencies", [])]
+    for text in wanted:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        name = f"python3dist({requirement.name.lower()})"
+        bounds = sorted(requirement.specifier, key=str)
+        print(" with ".join(f"{name} {spec.operator} {spec.version}" for spec in bounds)
+              if bounds else name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
@@ -211,6 +244,9 @@ def main() -> None:
     save.add_argument("-L", action="store_true")
     save.add_argument("names", nargs="+")
     save.set_defaults(run=cmd_save_files)
+
+    needs = commands.add_parser("buildrequires")
+    needs.set_defaults(run=cmd_buildrequires)
 
     check = commands.add_parser("check-import")
     check.add_argument("--modules", required=True)
