@@ -5,6 +5,7 @@ Every command that changes nix.conf and the daemon come through reconcile_once()
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -15,7 +16,7 @@ from .config import Config
 from .errors import BinfmtdError
 from .files import replace_file
 from .host import Host
-from .interpreters import read_interpreter
+from .interpreters import read_interpreter, read_sandbox_path
 from .judge import interpreters_needed
 from .nixdaemon import restart_nix_daemon
 from .nixtool import find_nix, read_nix_install_hint
@@ -30,6 +31,7 @@ class World(NamedTuple):
     main_text: Optional[str]  # nix.conf; None when it does not exist
     managed: Path  # the file that holds the block
     managed_text: Optional[str]
+    sandbox_paths: Mapping[str, Interpreter]  # config.toml's sandbox-paths, looked at
     managed_foreign: Optional[str] = None  # why that file is not binfmtd's to write
 
 
@@ -37,11 +39,14 @@ def read_world(host: Host, config: Config) -> World:
     """Read binfmt_misc, the emulators a plan will look at, and nix.conf."""
     binfmt = read_binfmt_state(host.binfmt_misc)
     interpreters = {path: read_interpreter(path)
-                    for path in interpreters_needed(binfmt, config, host.system)}
+                    for path in interpreters_needed(binfmt, config, host.system,
+                                                    host.also_native)}
     main_text = read_conf_text(host.nix_conf)
     managed = managed_file(host.nix_conf, main_text, config.nix_conf_target)
     managed_text = main_text if managed == host.nix_conf else read_conf_text(managed)
-    return World(binfmt, interpreters, main_text, managed, managed_text,
+    configured = {path: read_sandbox_path(path)
+                  for _system, paths in config.sandbox_paths for path in paths}
+    return World(binfmt, interpreters, main_text, managed, managed_text, configured,
                  foreign_owner(managed))
 
 
@@ -51,7 +56,7 @@ def plan_for(world: World, config: Config, host: Host, *, remove: bool = False) 
     if remove:
         return plan_removal(conf_text, conf_name, world.managed_foreign)
     return plan(world.binfmt, world.interpreters, conf_text, config, host.system, conf_name,
-                world.managed_foreign)
+                world.managed_foreign, host.also_native, world.sandbox_paths)
 
 
 class Outcome(NamedTuple):

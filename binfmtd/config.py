@@ -17,6 +17,9 @@
     replace-handlers = false        # may binfmtd's registration shadow someone else's
                                     # broken handler for the same system?
     registration-prefix = "binfmtd-"  # names of binfmtd's own entries: PREFIX + system
+    sandbox-paths = {}              # system -> paths its builds' sandbox needs besides
+                                    # the interpreter (what a dispatcher runs), e.g.
+                                    # { "x86_64-linux" = ["/usr/lib/box64-x86_64-linux-gnu"] }
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any, NamedTuple, Optional
 from .emulators import EMULATIONS
 from .errors import BinfmtdError
 from .files import read_small_file
+from .nixconf import unsafe_path_reason
 from .platforms import known_systems, unknown_system
 
 
@@ -67,6 +71,8 @@ class Config(NamedTuple):
     emulated_systems: tuple[str, ...] = ()
     replace_handlers: bool = False
     registration_prefix: str = "binfmtd-"
+    # system -> paths the sandbox needs besides what binfmtd finds (a dispatcher's emulators)
+    sandbox_paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def parse_config(data: Mapping[str, Any], source: str) -> Config:
@@ -127,6 +133,26 @@ def _emulated_systems(key: str, value: Any, source: str) -> tuple[str, ...]:
     return tuple(systems)
 
 
+def _sandbox_paths(key: str, value: Any, source: str
+                   ) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A table: system -> absolute paths Nix can take in extra-sandbox-paths."""
+    if not isinstance(value, dict):
+        raise BinfmtdError(f"{source}: {key} must be a table of systems, e.g. "
+                           '{ "x86_64-linux" = ["/usr/lib/box64"] }, not ' f"{value!r}")
+    _systems(key, list(value), source)
+    checked = []
+    for system, paths in sorted(value.items()):
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise BinfmtdError(f"{source}: {key}.{system} must be a list of paths, not "
+                               f"{paths!r}")
+        for path in paths:
+            unsafe = unsafe_path_reason(path)
+            if unsafe:
+                raise BinfmtdError(f"{source}: {key}.{system}: {path!r} {unsafe}")
+        checked.append((system, tuple(paths)))
+    return tuple(checked)
+
+
 def _restart(key: str, value: Any, source: str) -> RestartPolicy:
     if value is False:
         return RestartPolicy()
@@ -152,6 +178,7 @@ _CHECKS = {
     "emulated-systems": _emulated_systems,
     "replace-handlers": _boolean,
     "registration-prefix": _string,
+    "sandbox-paths": _sandbox_paths,
 }
 
 

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 from .files import check_file, check_folder
-from .platforms import host_system
+from .platforms import also_native, host_system
+
+PER_LINUX32 = 0x0008
+PERSONALITY_QUERY = 0xFFFFFFFF
 
 DEFAULT_CONFIG = "/etc/binfmtd/config.toml"
 DEFAULT_BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
@@ -31,6 +34,7 @@ class Host(NamedTuple):
     config: Path  # /etc/binfmtd/config.toml
     binfmt_d: Path  # /etc/binfmt.d: where `register` leaves its lines for systemd-binfmt
     config_required: bool = False  # the user named the config file: it must exist
+    also_native: tuple[str, ...] = ()  # what else it runs with no emulator (i686-linux)
 
 
 class Named(NamedTuple):
@@ -67,12 +71,33 @@ def find_host(named: Named, environ: Mapping[str, str] = os.environ) -> Host:
                must_exist=bool(config_from), pipe_ok=True)  # --config /dev/stdin
     check_folder(binfmt_d, _hint(binfmt_d_from, "the folder of binfmt.d lines",
                                  DEFAULT_BINFMT_D), must_exist=False)
-    return Host(system=host_system(os.uname().machine), binfmt_misc=binfmt_misc,
-                nix_conf=nix_conf, config=config, binfmt_d=binfmt_d,
-                config_required=bool(config_from))
+    system = host_system(os.uname().machine)
+    return Host(system=system, binfmt_misc=binfmt_misc, nix_conf=nix_conf, config=config,
+                binfmt_d=binfmt_d, config_required=bool(config_from),
+                also_native=also_native(system, runs_32bit(system)))
 
 
 def _hint(source: str, names: str, default: str) -> str:
     """What belongs at a path, and where it was named, for an error about it."""
     named = f"{source} names {names}" if source else f"{names} is here by default"
     return f"{named} (default {default})"
+
+
+def runs_32bit(system: str) -> bool:
+    """Whether the kernel runs 32-bit programs of the host's family, as it says itself.
+
+    An aarch64 CPU may have no AArch32 (Apple's, Graviton 3, Ampere One): the kernel then
+    refuses the 32-bit personality (arm64's personality(2) checks the CPU's AArch32 EL0),
+    so asking for it, and putting the old one back, is the answer; `uname -m` says
+    aarch64 either way. x86_64 kernels are taken to run i686, as Nix itself takes them.
+    """
+    if system != "aarch64-linux":
+        return True
+    import ctypes  # aarch64 hosts only
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    previous = libc.personality(PERSONALITY_QUERY)
+    if libc.personality(PER_LINUX32) == -1:
+        return False
+    libc.personality(previous)
+    return True

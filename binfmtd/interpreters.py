@@ -39,6 +39,16 @@ def read_interpreter(path: str) -> Interpreter:
                        untrusted=untrusted_paths((path, *targets, *with_links)))
 
 
+def read_sandbox_path(path: str) -> Interpreter:
+    """A path config.toml's sandbox-paths names (a file or a folder), looked at as an
+    interpreter is: does it exist, through which links, and could others change it."""
+    if not os.path.lexists(path):
+        return Interpreter(path, exists=False)
+    targets = link_chain(path)
+    return Interpreter(path, os.path.exists(path), targets,
+                       untrusted=untrusted_paths((path, *targets)))
+
+
 def untrusted_paths(paths: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """(path, why) for each path a user other than root could change.
 

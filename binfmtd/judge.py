@@ -3,13 +3,19 @@ the interpreter as found in, a verdict out. reconcile.plan() puts the verdicts t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Optional
 
 from .binfmt import BinfmtState, Handler, Interpreter, MalformedEntry
 from .config import Config
 from .nixconf import unsafe_path_reason
-from .platforms import ElfIdentity, decode_magic, served_systems
+from .platforms import (
+    NIX_DEFAULT_EXTRA,
+    ElfIdentity,
+    also_native,
+    decode_magic,
+    served_systems,
+)
 
 
 class Verdict(NamedTuple):
@@ -37,9 +43,11 @@ def judge_entry(
     interpreters: Mapping[str, Interpreter],
     config: Config,
     host_system: str,
+    also: Optional[Sequence[str]] = None,
 ) -> Verdict:
-    """What one entry contributes: platforms and sandbox paths, or why nothing."""
-    judged = _judge_machine(entry, binfmt_enabled, config, host_system)
+    """What one entry contributes: platforms and sandbox paths, or why nothing. `also`:
+    the systems the host runs natively besides its own (also_native's by default)."""
+    judged = _judge_machine(entry, binfmt_enabled, config, host_system, also)
     if isinstance(judged, Verdict):
         return judged
     handler, served, wanted = judged
@@ -47,18 +55,21 @@ def judge_entry(
     return _with_interpreter(handler, served, wanted, interpreter)
 
 
-def interpreters_needed(binfmt: BinfmtState, config: Config, host_system: str) -> list[str]:
+def interpreters_needed(binfmt: BinfmtState, config: Config, host_system: str,
+                        also: Optional[Sequence[str]] = None) -> list[str]:
     """The interpreters a plan looks at: those of handlers that would declare a system.
 
     Looking at the others (Debian registers a .pyc handler run by a dynamic python3) would
     cost every reading an ld.so run each, for nothing.
     """
-    judged = (_judge_machine(e, binfmt.enabled, config, host_system) for e in binfmt.entries)
+    judged = (_judge_machine(e, binfmt.enabled, config, host_system, also)
+              for e in binfmt.entries)
     return sorted({j[0].interpreter for j in judged if not isinstance(j, Verdict)})
 
 
 def _judge_machine(
     entry: Handler | MalformedEntry, binfmt_enabled: bool, config: Config, host_system: str,
+    also: Optional[Sequence[str]],
 ) -> Verdict | Declarable:
     """The verdict on what the entry matches, or what it would declare."""
     if isinstance(entry, MalformedEntry):
@@ -81,7 +92,8 @@ def _judge_machine(
     if served[0] == host_system:
         return Verdict(handler.name, handler, systems=served, captures_host=True,
                        problems=(capture_problem(handler),))
-    wanted, note = _wanted(served, config, host_system)
+    wanted, note = _wanted(served, config, host_system,
+                           also_native(host_system) if also is None else also)
     if not wanted:
         return Verdict(handler.name, handler, systems=served, note=note)
     return handler, served, wanted
@@ -97,12 +109,14 @@ def capture_problem(handler: Handler) -> str:
 
 
 def _wanted(
-    served: tuple[str, ...], config: Config, host_system: str
+    served: tuple[str, ...], config: Config, host_system: str, also: Sequence[str]
 ) -> tuple[tuple[str, ...], Optional[str]]:
     """The served systems to declare, else why none."""
     system = served[0]
-    if system == "i686-linux" and host_system == "x86_64-linux" and not config.declare_i686:
-        return (), "x86_64 hosts run i686-linux natively (see declare-i686)"
+    if system in also and not (system == "i686-linux" and config.declare_i686):
+        nix_lists_it = system in NIX_DEFAULT_EXTRA.get(host_system, ())
+        why = "Nix lists it itself; see declare-i686" if nix_lists_it else "declared as such"
+        return (), f"this {host_system} host runs {system} natively ({why})"
     wanted = tuple(s for s in served if s not in config.ignore_platforms
                    and (s != "armv6l-linux" or config.declare_armv6l))
     return wanted, None if wanted else f"{system} is in ignore-platforms"
@@ -145,4 +159,22 @@ def _with_interpreter(
                           f"whoever can change it controls every {served[0]} build; not "
                           "declared (make it root's: chown root, chmod go-w)")
     return Verdict(name, handler, systems=served, platforms=systems,
-                   sandbox_paths=tuple(paths), interpreter=interpreter)
+                   sandbox_paths=tuple(paths), interpreter=interpreter,
+                   note=dispatcher_note(handler.interpreter, *interpreter.link_targets))
+
+
+# Registered interpreters that only pick another program to run (Fedora Asahi's picks FEX,
+# box64 or qemu, or muvm where pages are not 4K): binfmtd cannot see what that is.
+DISPATCHERS = {"binfmt-dispatcher": "Fedora Asahi's binfmt-dispatcher, which runs FEX, box64 "
+                                    "or qemu as its configuration says"}
+
+
+def dispatcher_note(*paths: str) -> Optional[str]:
+    """What to do where the interpreter is a known dispatcher, else None."""
+    for path in paths:
+        known = DISPATCHERS.get(path.rsplit("/", 1)[-1])
+        if known:
+            return (f"the interpreter is {known}: a sandboxed build needs what it runs too; "
+                    "name those paths in config.toml's sandbox-paths, and binfmtd doctor "
+                    "proves whether a build runs")
+    return None

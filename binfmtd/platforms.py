@@ -8,6 +8,7 @@ differently, and an administrator may call one anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple, Optional, TypeVar, Union
 
 T = TypeVar("T")
@@ -186,12 +187,24 @@ def host_system(machine: str) -> str:
     return HOST_SYSTEMS.get(machine, f"{machine}-linux")
 
 
-# What a host runs with no emulator at all, beyond its own system.
-ALSO_NATIVE: dict[str, tuple[str, ...]] = {"x86_64-linux": ("i686-linux",)}
+# What Nix lists in extra-platforms by itself, on a host of this system.
+NIX_DEFAULT_EXTRA: dict[str, tuple[str, ...]] = {"x86_64-linux": ("i686-linux",)}
 
 
-def native_reason(system: str, host_system: str) -> Optional[str]:
-    """Why `system` needs no emulator on this host, else None.
+def also_native(host_system: str, runs_32bit: bool = True) -> tuple[str, ...]:
+    """The systems a host runs with no emulator besides its own: the 32-bit ones of its
+    family, where its CPU and kernel run 32-bit programs (an aarch64 CPU may have no
+    AArch32 at all: host.py asks the kernel)."""
+    if not runs_32bit:
+        return ()
+    return {"x86_64-linux": ("i686-linux",),
+            "aarch64-linux": ("armv7l-linux", "armv6l-linux")}.get(host_system, ())
+
+
+def native_reason(system: str, host_system: str,
+                  also: Optional[Sequence[str]] = None) -> Optional[str]:
+    """Why `system` needs no emulator on this host, else None (`also`: what else the host
+    runs natively, also_native's answer by default).
 
     binfmt_misc is tried before the kernel's own loader: a handler for the host's own
     programs captures every program on the machine (qemu-x86_64 for x86_64 recurses into
@@ -201,8 +214,8 @@ def native_reason(system: str, host_system: str) -> Optional[str]:
     if system == host_system:
         return (f"{system} is this host's own system: it runs natively, and a handler for it "
                 "would capture every program on the machine")
-    if system in ALSO_NATIVE.get(host_system, ()):
-        return f"{host_system} hosts run {system} programs natively"
+    if system in (also_native(host_system) if also is None else also):
+        return f"this {host_system} host runs {system} programs natively"
     return None
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import NamedTuple, Optional
 
 from .binfmt import BinfmtState, Interpreter
@@ -21,7 +22,7 @@ from .nixconf import (
     replace_block,
     settings_after_block,
 )
-from .platforms import native_reason
+from .platforms import NIX_DEFAULT_EXTRA, also_native, native_reason
 
 
 class Problem(NamedTuple):
@@ -77,17 +78,25 @@ def plan(
     host_system: str,
     conf_name: str = "nix.conf",
     foreign: Optional[str] = None,
+    also: Optional[Sequence[str]] = None,
+    configured: Mapping[str, Interpreter] = MappingProxyType({}),
 ) -> Plan:
     """Decide the managed block for this world; pure, so every caller agrees.
 
     `foreign` says why the file is not binfmtd's to write (it belongs to the Nix store,
     or to another manager): a change it would need is then refused, with the values to
-    declare where the file comes from.
+    declare where the file comes from. `also`: what the host runs natively besides its
+    own system (also_native's by default); Nix is told of those it does not list itself.
+    `configured`: the paths of config.toml's sandbox-paths as found on disk.
     """
-    verdicts = tuple(judge_entry(entry, binfmt.enabled, interpreters, config, host_system)
-                     for entry in binfmt.entries)
-    platforms = tuple(sorted({p for v in verdicts for p in v.platforms}))
-    sandbox_paths = tuple(sorted({p for v in verdicts for p in v.sandbox_paths}))
+    also = also_native(host_system) if also is None else tuple(also)
+    verdicts = tuple(judge_entry(entry, binfmt.enabled, interpreters, config, host_system,
+                                 also) for entry in binfmt.entries)
+    platforms = tuple(sorted({*(p for v in verdicts for p in v.platforms),
+                              *natively_declared(host_system, also, config)}))
+    extra_paths, path_problems = configured_paths(platforms, config, configured)
+    sandbox_paths = tuple(sorted({*(p for v in verdicts for p in v.sandbox_paths),
+                                  *extra_paths}))
     edit = edit_block(conf_text, conf_name, render_block(platforms, sandbox_paths))
     if not binfmt.mounted:  # the world is unknown: leave the file as it is
         edit = edit._replace(text=None)
@@ -103,14 +112,15 @@ def plan(
         declared_sandbox_paths=edit.found.sandbox_paths if edit.found else (),
         text=edit.text,
         problems=(*(Problem(v.name, text) for v in verdicts for text in v.problems),
-                  *world_problems(binfmt, platforms, config, host_system), *edit.problems),
+                  *world_problems(binfmt, platforms, config, host_system, also),
+                  *path_problems, *edit.problems),
         notes=tuple(_user_platform_notes(conf_text, edit.found)),
         blocked=edit.blocked,
     )
 
 
 def world_problems(binfmt: BinfmtState, platforms: tuple[str, ...], config: Config,
-                   host_system: str) -> list[Problem]:
+                   host_system: str, also: Sequence[str]) -> list[Problem]:
     """What is wrong beyond single handlers: emulated-systems not emulated, or no
     binfmt_misc at all."""
     if not binfmt.mounted:
@@ -119,7 +129,7 @@ def world_problems(binfmt: BinfmtState, platforms: tuple[str, ...], config: Conf
                         "systemd-binfmt")]
     return [Problem(system, "is in emulated-systems but no working handler emulates it: run "
                     "binfmtd register")
-            for system in emulated_here(config, host_system) if system not in platforms]
+            for system in emulated_here(config, host_system, also) if system not in platforms]
 
 
 def edit_block(conf_text: str, conf_name: str, block_text: Optional[str]) -> Edit:
@@ -138,10 +148,43 @@ def edit_block(conf_text: str, conf_name: str, block_text: Optional[str]) -> Edi
     return Edit(found, None if new_text == conf_text else new_text, None, overriding)
 
 
-def emulated_here(config: Config, host_system: str) -> tuple[str, ...]:
+def configured_paths(platforms: Sequence[str], config: Config,
+                     configured: Mapping[str, Interpreter]) -> tuple[list[str], list[Problem]]:
+    """sandbox-paths' paths for the systems that are declared, each with the hops of its
+    links, checked as an interpreter is: there, and root's alone; else a problem."""
+    paths: list[str] = []
+    problems = []
+    for system, named in config.sandbox_paths:
+        if system not in platforms:
+            continue
+        for path in named:
+            found = configured.get(path, Interpreter(path, exists=False))
+            if not found.exists:
+                problems.append(Problem("sandbox-paths", f"{path} (for {system}) does not "
+                                        "exist; not declared"))
+            elif found.untrusted:
+                why = found.untrusted[0][1]
+                problems.append(Problem("sandbox-paths", f"{path} (for {system}) is not root's "
+                                        f"alone: {why}; not declared"))
+            else:
+                paths += [path, *found.link_targets]
+    return paths, problems
+
+
+def emulated_here(config: Config, host_system: str,
+                  also: Optional[Sequence[str]] = None) -> tuple[str, ...]:
     """emulated-systems but the ones this host runs natively (a list shared by a fleet of
     x86_64 and aarch64 builders names each one's own system)."""
-    return tuple(s for s in config.emulated_systems if native_reason(s, host_system) is None)
+    return tuple(s for s in config.emulated_systems
+                 if native_reason(s, host_system, also) is None)
+
+
+def natively_declared(host_system: str, also: Sequence[str], config: Config) -> list[str]:
+    """What the host runs natively and Nix does not list itself: an aarch64 host whose CPU
+    runs 32-bit ARM builds armv7l-linux with no emulator, once Nix is told."""
+    return [s for s in also if s not in NIX_DEFAULT_EXTRA.get(host_system, ())
+            and s not in config.ignore_platforms
+            and (s != "armv6l-linux" or config.declare_armv6l)]
 
 
 def refusal(foreign: str, platforms: Sequence[str], sandbox_paths: Sequence[str]) -> str:

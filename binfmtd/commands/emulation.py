@@ -24,7 +24,7 @@ from ..status import gather_report
 def register(args: Namespace, host: Host, config: Config, nix: Optional[NixReading]) -> int:
     """Register an emulator for each system named (else emulated-systems), then sync."""
     for system in args.systems:  # every name is checked before anything is registered
-        check_registrable(system, host.system)
+        check_registrable(system, host)
     systems = tuple(args.systems) or config.emulated_systems
     if not systems:
         raise BinfmtdError("name the systems to register, or list them in emulated-systems")
@@ -51,8 +51,8 @@ def doctor(args: Namespace, host: Host, config: Config, nix: Optional[NixReading
     report = gather_report(looked.world, looked.plan, host, config, nix)
     broken = {v.systems[0] for v in looked.plan.verdicts
               if v.problems and v.systems and not v.captures_host}
-    systems = tuple(sorted({*looked.plan.platforms, *emulated_here(config, host.system),
-                            *broken}))
+    wanted = emulated_here(config, host.system, host.also_native)
+    systems = tuple(sorted({*looked.plan.platforms, *wanted, *broken}))
     seen = Evidence(report.plan, report.effective, report.daemon_pids, report.stale_pids)
     diagnoses = diagnose(seen, systems, as_root=os.geteuid() == 0)
     if args.json:

@@ -23,7 +23,7 @@ def sync(args: Namespace, host: Host, config: Config, nix: Optional[NixReading])
     With --check, change nothing and say whether sync would."""
     if args.check:
         return _check(args, host, config)
-    emulated = emulate(emulated_here(config, host.system), host, config,
+    emulated = emulate(emulated_here(config, host.system, host.also_native), host, config,
                        restart=not args.no_restart)
     for result in emulated.results:
         if result.changed or not result.ok:
@@ -43,7 +43,8 @@ def _check(args: Namespace, host: Host, config: Config) -> int:
     """sync --check: exit 1 when sync would write nix.conf or register a system."""
     outcome = reconcile_once(host, config, write=False, restart=False)
     _show_change(args, outcome)
-    missing = [s for s in emulated_here(config, host.system) if s not in outcome.plan.platforms]
+    missing = [s for s in emulated_here(config, host.system, host.also_native)
+               if s not in outcome.plan.platforms]
     would_change = outcome.plan.text is not None or bool(missing)
     if args.json:
         report = gather_report(outcome.world, outcome.plan, host, config, None)

@@ -74,7 +74,7 @@ def handlers_for(system: str, planned: Plan) -> list[Handler]:
             if v.handler is not None and v.handler.enabled and system in v.systems]
 
 
-def check_registrable(system: str, host_system: str) -> None:
+def check_registrable(system: str, host: Host) -> None:
     """BinfmtdError, in one line, unless binfmtd may register `system` on this host."""
     unknown = unknown_system(system, known_systems())
     if unknown is not None:
@@ -82,17 +82,17 @@ def check_registrable(system: str, host_system: str) -> None:
     if system not in EMULATIONS:
         known = " ".join(sorted(EMULATIONS))
         raise BinfmtdError(f"{system}: binfmtd cannot register it (it knows: {known})")
-    native = native_reason(system, host_system)
+    native = native_reason(system, host.system, host.also_native)
     if native is not None:
         raise BinfmtdError(f"{native}: not registered")
 
 
 def register_system(system: str, planned: Plan, host: Host, config: Config) -> RegistrationResult:
     """Register `system` unless something already emulates it, or the host runs it."""
-    native = native_reason(system, host.system)
+    native = native_reason(system, host.system, host.also_native)
     if native is not None:  # emulated-systems lists it for the fleet's other machines
         return RegistrationResult(system, True, f"{native}: nothing to register")
-    check_registrable(system, host.system)
+    check_registrable(system, host)
     working = [v.name for v in planned.verdicts if system in v.platforms]
     if working:
         return RegistrationResult(system, True, f"already emulated by {', '.join(working)}")
