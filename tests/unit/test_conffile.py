@@ -17,10 +17,9 @@ import pytest
 
 from binfmtd.conffile import managed_file, read_conf_text
 from binfmtd.errors import BinfmtdError
-from binfmtd.files import SELINUX_XATTR, replace_file
+from binfmtd.files import replace_file
 from tests.conftest import REPO, require
-
-LABEL = b"system_u:object_r:etc_t:s0\0"  # as SELinux stores it: NUL-terminated
+from tests.unit.labelled_write import LABEL
 
 
 def test_unchanged_text_is_not_written_and_mtime_kept(tmp_path: Path) -> None:
@@ -52,9 +51,8 @@ def test_mode_owner_and_selinux_label_survive_a_write(tmp_path: Path) -> None:
     require(os.geteuid() == 0, "setting an owner and a security.* attribute needs root")
     require(shutil.which("unshare") is not None, "unshare (util-linux) is not installed")
     probe = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
-         "import sys; from tests.unit.test_conffile import write_on_a_tmpfs; "
-         "print(write_on_a_tmpfs(sys.argv[1]))", str(tmp_path)],
+        ["unshare", "--mount", "--propagation", "private", sys.executable,
+         "-m", "tests.unit.labelled_write", str(tmp_path)],
         capture_output=True, text=True, timeout=60, check=False,
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
@@ -65,33 +63,6 @@ def test_mode_owner_and_selinux_label_survive_a_write(tmp_path: Path) -> None:
     assert before == {"mode": 0o640, "uid": 1234, "gid": 5678, "label": LABEL.decode(),
                       "text": "a = 1\n"}
     assert after == {**before, "text": "a = 2\n"}
-
-
-def write_on_a_tmpfs(folder: str) -> str:
-    """In the child: a fresh tmpfs, nix.conf with mode, owner and label, one write.
-
-    Returns the file's attributes before and after as JSON.
-    """
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "binfmtd-test", folder],
-                   check=True, timeout=30)
-    conf = Path(folder) / "nix.conf"
-    conf.write_text("a = 1\n")
-    conf.chmod(0o640)
-    os.chown(conf, 1234, 5678)
-    os.setxattr(conf, SELINUX_XATTR, LABEL)
-    before = _attributes(conf)
-    replace_file(conf, "a = 2\n")
-    return json.dumps([before, _attributes(conf)])
-
-
-def _attributes(path: Path) -> dict[str, object]:
-    status = path.stat()
-    try:
-        label: str | None = os.getxattr(path, SELINUX_XATTR).decode()
-    except OSError:
-        label = None
-    return {"mode": status.st_mode & 0o7777, "uid": status.st_uid, "gid": status.st_gid,
-            "label": label, "text": path.read_text()}
 
 
 def test_a_new_file_is_readable_by_everyone(tmp_path: Path) -> None:
