@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from tests.cli.conftest import Sandbox
+from tests.cli.sandbox import Sandbox
 from tests.conftest import require
 
 COMMANDS = [("status",), ("status", "--json"), ("sync",), ("sync", "--check"), ("run",),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import Sandbox
+from tests.cli.sandbox import Sandbox
 from tests.conftest import DATA, require
 
 ORIGINAL = "# the user's own file\nsandbox = true\ntrusted-users = root\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import Sandbox
+from tests.cli.sandbox import Sandbox
 from tests.conftest import require
 
 MANAGED_TEXT = "# written by a manager\nsandbox = true\nexperimental-features = nix-command\n"
