@@ -1,5 +1,5 @@
 """A real nix-daemon without systemd, in a test's private namespace, and a Nix client
-that cannot override it.
+that cannot override it; what every tier's Nix is configured with, and what it builds.
 
 The daemon runs inside the test's namespace (tests/private_binfmt.py): it sees only the
 private binfmt_misc, and owns the namespace's own /nix/var/nix/daemon-socket, so it
@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from tests.booted import Machine
     from tests.private_binfmt import PrivateBinfmt
 
 SOCKET = Path("/nix/var/nix/daemon-socket/socket")
@@ -44,17 +47,45 @@ sandbox-fallback = false
 substituters =
 """
 
-DERIVATION = """\
-derivation {{
-  name = "binfmtd-e2e";
-  system = {system};
+# What every tier builds: `busybox sh -c script` as the builder of a derivation for `system`,
+# busybox lying beside the file at busybox_path(system). A new nonce for every build gives a
+# new output path, so no build is ever answered from the store. Built with
+# `nix-build FILE *derivation_args(system, nonce, script)`.
+BUSYBOX_DERIVATION = """\
+{ system, nonce, script ? "uname -m > $out" }:
+derivation {
+  name = "binfmtd-test";
+  inherit system nonce;
   # busybox picks the applet from argv[0]: the file must be called busybox.
-  builder = "${{./dir}}/busybox";
-  args = [ "sh" "-c" {script} ];
-  # A new output path for every build, so no build is ever answered from the store.
-  nonce = {nonce};
-}}
+  builder = "${./src-${system}}/busybox";
+  args = [ "sh" "-c" script ];
+}
 """
+DERIVATION_FILE = "default.nix"  # BUSYBOX_DERIVATION's name in the folder it builds from
+
+
+def busybox_path(system: str) -> str:
+    """Where BUSYBOX_DERIVATION takes the builder for `system` from, beside its file."""
+    return f"src-{system}/busybox"
+
+
+def derivation_args(system: str, nonce: str, script: str | None = None) -> list[str]:
+    """nix-build's arguments for BUSYBOX_DERIVATION (the script: `uname -m > $out`)."""
+    chosen = ["--argstr", "script", script] if script is not None else []
+    return ["--argstr", "system", system, "--argstr", "nonce", nonce, *chosen]
+
+
+def lay_out_builds(machine: Machine, folder: str, user: str,
+                   busyboxes: Mapping[str, str]) -> str:
+    """In a booted container: BUSYBOX_DERIVATION in `folder`, with the busybox for each
+    system (a path in the container) beside it, all `user`'s; return the file's path."""
+    for system, busybox in busyboxes.items():
+        machine.run(["install", "-D", "-m", "755", "-o", user, busybox,
+                     f"{folder}/{busybox_path(system)}"])
+    path = f"{folder}/{DERIVATION_FILE}"
+    machine.run(["install", "-m", "644", "-o", user, "/dev/stdin", path],
+                input=BUSYBOX_DERIVATION)
+    return path
 
 
 class NixTestError(RuntimeError):
@@ -235,13 +266,13 @@ class NixClient:
     def begin(self, system: str, busybox: Path, script: str) -> RunningBuild:
         """Start building a derivation for `system` whose builder is `busybox sh -c script`."""
         work = self.state / f"build-{uuid.uuid4().hex[:8]}"
-        (work / "dir").mkdir(parents=True)
-        shutil.copy2(busybox, work / "dir" / "busybox")
-        (work / "default.nix").write_text(DERIVATION.format(
-            system=nix_string(system), script=nix_string(script),
-            nonce=nix_string(uuid.uuid4().hex)))
+        builder = work / busybox_path(system)
+        builder.parent.mkdir(parents=True)
+        shutil.copy2(busybox, builder)
+        (work / DERIVATION_FILE).write_text(BUSYBOX_DERIVATION)
         cmd = ["unshare", "--net", "--", "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
-               "--clear-groups", "nix-build", "--no-out-link", str(work / "default.nix")]
+               "--clear-groups", "nix-build", "--no-out-link", str(work / DERIVATION_FILE),
+               *derivation_args(system, uuid.uuid4().hex, script)]
         with open(work / "build.log", "w") as log:  # the child keeps its own copy
             return RunningBuild(work, subprocess.Popen(
                 self.namespace.argv(cmd, cwd=str(work)), env=self.env, stdout=subprocess.PIPE,
@@ -260,7 +291,9 @@ class RunningBuild:
         self.process = process
 
     def log(self) -> str:
-        return (self.work / "build.log").read_text()
+        """What nix-build printed so far. Nix 2.8 passes a failed builder's error on in its
+        wire format, each string after its length as bytes, which need not be UTF-8."""
+        return (self.work / "build.log").read_text(errors="replace")
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -271,12 +304,6 @@ class RunningBuild:
         if self.process.returncode == 0:
             output = Path(stdout.strip().splitlines()[-1]).read_text()
         return BuildResult(self.process.returncode, stdout, self.log(), output)
-
-
-def nix_string(text: str) -> str:
-    """A Nix string literal: quotes, backslashes and `${` must not be read by Nix."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
-    return '"' + escaped.replace("\n", "\\n") + '"'
 
 
 def _gone(pid: int) -> bool:

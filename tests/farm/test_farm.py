@@ -36,7 +36,12 @@ import pytest
 
 from tests.booted import Machine, Unavailable, boot, debian_tree
 from tests.conftest import require
-from tests.e2e.nixtest import DAEMON_CONF  # sandbox = true, sandbox-fallback = false
+from tests.e2e.nixtest import (  # DAEMON_CONF: sandbox = true, sandbox-fallback = false
+    DAEMON_CONF,
+    DERIVATION_FILE,
+    derivation_args,
+    lay_out_builds,
+)
 from tests.matrix.generations import BOOKWORM
 from tests.packaging.test_ansible import ROLES
 
@@ -44,23 +49,13 @@ BUSYBOX = Path("/var/cache/binfmtd-tests/busybox")  # {arm64,riscv64}/busybox, s
 PACKAGES = BOOKWORM.packages  # the matrix's bookworm tree: systemd, Nix, qemu, sshd
 BUILDER_IP, CLIENT_IP = "10.77.0.1", "10.77.0.2"
 USER = "alice"
+WORK = f"/home/{USER}/farm"  # the client's: what alice builds, and its builders
 NIX_KEY = "/root/.ssh/farm_builder"  # the client's nix-daemon's key for the builder
 CHANGE_TIMEOUT = 60.0
 BUILD_TIMEOUT = 240.0
 SYSTEMS = {"aarch64-linux": "arm64", "riscv64-linux": "riscv64"}
 # Nix 2.8 when nothing can build it: "a 'aarch64-linux' with features {} is required ...".
 NIX_REFUSES = "(a|Required system:) '{}' with features \\{{\\}}"
-
-DERIVATION = """\
-{ system, nonce }:
-derivation {
-  name = "binfmtd-farm";
-  inherit system nonce;  # a new nonce: a new output path, never answered from the store
-  # busybox picks the applet from argv[1] when called as busybox.
-  builder = "${./src-${system}}/busybox";
-  args = [ "sh" "-c" "uname -m > $out" ];
-}
-"""
 
 PLAY = """\
 - name: binfmtd farm
@@ -156,11 +151,8 @@ def _setup_client(client: Machine) -> str:
     client.run(["systemctl", "try-restart", "nix-daemon.service"])
     client.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", NIX_KEY])
     client.run(["useradd", "--create-home", "--groups", "nix-users", USER])
-    for system, arch in SYSTEMS.items():
-        client.run(["install", "-D", "-m", "755", "-o", USER, f"/opt/busybox-{arch}",
-                    f"/home/{USER}/farm/src-{system}/busybox"])
-    client.run(["install", "-m", "644", "-o", USER, "/dev/stdin", f"/home/{USER}/farm/farm.nix"],
-               input=DERIVATION)
+    lay_out_builds(client, WORK, USER,
+                   {system: f"/opt/busybox-{arch}" for system, arch in SYSTEMS.items()})
     return client.read_text(f"{NIX_KEY}.pub")
 
 
@@ -269,8 +261,8 @@ def build(farm: Farm, system: str) -> subprocess.CompletedProcess[str]:
     nonce = uuid.uuid4().hex  # a new output path every time: never answered from the store
     start = time.monotonic()
     result = farm.client.run(
-        ["nix-build", "--no-out-link", f"/home/{USER}/farm/farm.nix",
-         "--argstr", "system", system, "--argstr", "nonce", nonce],
+        ["nix-build", "--no-out-link", f"{WORK}/{DERIVATION_FILE}",
+         *derivation_args(system, nonce)],
         check=False, user=USER, timeout=BUILD_TIMEOUT, env={"NIX_REMOTE": "daemon"})
     print(f"timing: {system} build -> exit {result.returncode} "
           f"{time.monotonic() - start:.1f} s", flush=True)

@@ -35,10 +35,15 @@ import pytest
 
 from tests.booted import Machine, Unavailable, boot, debian_tree
 from tests.conftest import require
-from tests.e2e.nixtest import DAEMON_CONF  # sandbox = true, sandbox-fallback = false
+from tests.e2e.nixtest import (  # DAEMON_CONF: sandbox = true, sandbox-fallback = false
+    DAEMON_CONF,
+    derivation_args,
+    lay_out_builds,
+)
 from tests.matrix.generations import GENERATIONS, Generation
 
 BUSYBOX = Path("/var/cache/binfmtd-tests/busybox/arm64/busybox")  # Debian's static arm64 one
+SYSTEM = "aarch64-linux"
 PROFILE_BIN = "/nix/var/nix/profiles/default/bin"  # the upstream installer's
 USER = "alice"
 CHANGE_TIMEOUT = 60.0  # a registration to nix.conf and a restarted nix-daemon (0.2 s measured)
@@ -52,18 +57,6 @@ NO_AARCH64 = re.compile(r"a 'aarch64-linux' with features \{\} is required"
 DETERMINATE_INCLUDE = "!include nix.custom.conf\n"
 CUSTOM_CONF = "# Written by Determinate's installer: settings of your own go here.\n"
 
-DERIVATION = """\
-derivation {{
-  name = "binfmtd-matrix";
-  system = "aarch64-linux";
-  # busybox picks the applet from argv[1] when called as busybox.
-  builder = "${{./src}}/busybox";
-  args = [ "sh" "-c" "uname -m > $out" ];
-  # A new output path for every build: no build is ever answered from the store.
-  nonce = "{nonce}";
-}}
-"""
-
 RESTART_INTERVAL = "restart-interval-seconds = 0.5"
 LAYOUTS = ("distro", "upstream", "determinate")
 
@@ -74,6 +67,7 @@ class Cell(NamedTuple):
     machine: Machine
     line: str  # the tree's own qemu-aarch64 binfmt.d line
     conf: str  # the file binfmtd writes its block to
+    derivation: str  # what the user builds (tests/e2e/nixtest.py's), in the user's home
 
 
 CELLS = [(generation, layout) for generation in GENERATIONS for layout in LAYOUTS]
@@ -158,21 +152,19 @@ def cell(request: pytest.FixtureRequest, debian_package: Path) -> Iterator[Cell]
         assert line.startswith(":qemu-aarch64:M:"), line
         conf = _lay_out_nix(machine, layout)
         machine.run(["useradd", "--create-home", "--groups", "nix-users", USER])
-        machine.run(["install", "-D", "-m", "755", "-o", USER, "/opt/busybox",
-                     f"/home/{USER}/src/busybox"])
+        derivation = lay_out_builds(machine, f"/home/{USER}/matrix", USER,
+                                    {SYSTEM: "/opt/busybox"})
         _install_binfmtd(machine)
         _timed(f"cell {generation.suite}-{layout} ready", start)
-        yield Cell(generation, layout, machine, line, conf)
+        yield Cell(generation, layout, machine, line, conf, derivation)
 
 
 def _build(cell: Cell, nonce: str) -> tuple[int, str]:
     """A non-root user's build through nix-daemon; (exit status, what Nix printed)."""
     machine = cell.machine
-    path = f"/home/{USER}/matrix.nix"
-    machine.run(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", "--",
-                 "sh", "-c", 'cat > "$0"', path], input=DERIVATION.format(nonce=nonce))
     start = time.monotonic()
-    result = machine.run(["nix-build", "--no-out-link", path], check=False, user=USER,
+    result = machine.run(["nix-build", "--no-out-link", cell.derivation,
+                          *derivation_args(SYSTEM, nonce)], check=False, user=USER,
                          timeout=BUILD_TIMEOUT,
                          env={"NIX_REMOTE": "daemon", "PATH": f"{PROFILE_BIN}:/usr/bin:/bin"})
     _timed(f"build {nonce} -> exit {result.returncode}", start)

@@ -47,7 +47,13 @@ from machine import (
 from tests.booted import Machine
 from tests.conftest import require
 from tests.e2e.builders import FetchError, static_busybox
-from tests.e2e.nixtest import DAEMON_CONF  # sandbox = true, sandbox-fallback = false
+from tests.e2e.nixtest import (  # DAEMON_CONF: sandbox = true, sandbox-fallback = false
+    BUSYBOX_DERIVATION,
+    DAEMON_CONF,
+    DERIVATION_FILE,
+    busybox_path,
+    derivation_args,
+)
 
 # Debian's qemu-user-static line for aarch64 with flag F only: the kernel keeps the emulator
 # it opened at registration, so the sandbox needs no path for it.
@@ -77,21 +83,11 @@ CONFIG = "restart-interval-seconds = 0.1\n"  # binfmtd may restart nix-daemon 10
 NO_START_LIMIT = "[Unit]\nStartLimitIntervalSec=0\n"
 DROP_IN = "/etc/systemd/system/nix-daemon.service.d/no-start-limit.conf"
 WORK = "/root/load"
-DERIVATION = """\
-{ nonce, script ? "uname -m > $out" }:
-derivation {
-  name = "binfmtd-load";
-  system = "aarch64-linux";
-  # busybox picks the applet from argv[0]: the file must be called busybox.
-  builder = "${./dir}/busybox";
-  args = [ "sh" "-c" script ];
-  inherit nonce;  # a new output path for every build: nothing comes from the store
-}
-"""
+SYSTEM = "aarch64-linux"  # every build, each with a new nonce: nothing comes from the store
 # The client reads no nix.conf of its own, so it forwards no settings: the daemon decides.
 CLIENT = ["env", "NIX_REMOTE=daemon", f"NIX_CONF_DIR={WORK}/client",
           "NIX_USER_CONF_FILES=/dev/null"]
-BUILD = f'out=$(nix-build --no-out-link "$@" {WORK}/default.nix) && cat "$out"'
+BUILD = f'out=$(nix-build --no-out-link "$@" {WORK}/{DERIVATION_FILE}) && cat "$out"'
 SANDBOX_PROBE = "{ uname -m; hostname; id -u; ls /; ip -o link | cut -d' ' -f2; } > $out"
 
 # Measured here (Nix 2.8): 9 builds in 500 restarts over 10 runs, and 2 `nix store ping`s
@@ -138,7 +134,9 @@ def line(entry: str, rest: str) -> str:
     return f":{entry}:M::{rest}:F"
 
 
-def build(machine: Machine, *args: str) -> subprocess.CompletedProcess[str]:
+def build(machine: Machine, script: str | None = None) -> subprocess.CompletedProcess[str]:
+    """A new aarch64-linux build (a new nonce), of `script` or of `uname -m > $out`."""
+    args = derivation_args(SYSTEM, uuid.uuid4().hex, script)
     return machine.run([*CLIENT, "sh", "-c", BUILD, "sh", *args], check=False,
                        timeout=BUILD_TIMEOUT)
 
@@ -148,7 +146,7 @@ def build_loop(machine: Machine, loop: int, stop: threading.Event, builds: list[
     while not stop.is_set():
         start = time.monotonic()
         try:
-            result = build(machine, "--argstr", "nonce", uuid.uuid4().hex)
+            result = build(machine)
             error = None if (result.returncode, result.stdout) == (0, "aarch64\n") else (
                 f"exit {result.returncode}, stdout {result.stdout!r}, stderr:\n{result.stderr}")
         except subprocess.TimeoutExpired:
@@ -227,9 +225,9 @@ def prepare(machine: Machine, deb: Path, start_limit: bool) -> None:
                     input=NO_START_LIMIT)
     machine.run(["mkdir", "-p", f"{WORK}/client"])
     machine.run(["touch", f"{WORK}/client/nix.conf"])
-    machine.copy_in(busybox, f"{WORK}/dir/busybox")
+    machine.copy_in(busybox, f"{WORK}/{busybox_path(SYSTEM)}")
     own_interpreter(machine, FLIPPED_PATH, "qemu-riscv64-static")
-    machine.run(["sh", "-c", f"cat > {WORK}/default.nix"], input=DERIVATION)
+    machine.run(["sh", "-c", f"cat > {WORK}/{DERIVATION_FILE}"], input=BUSYBOX_DERIVATION)
     install_binfmtd(machine, deb)  # before config.toml: the .deb ships it as a conffile
     machine.run(["sh", "-c", "cat > /etc/binfmtd/config.toml"], input=CONFIG)
     machine.run(["systemctl", "start", "binfmtd.service"])
@@ -245,8 +243,7 @@ def check_sandbox(machine: Machine) -> None:
     pid = nix_daemon(machine)["MainPID"]
     env = machine.run(["sh", "-c", f"tr '\\0' '\\n' < /proc/{pid}/environ"])
     assert "LISTEN_FDS=1" in env.stdout.split(), f"nix-daemon {pid} is not socket-activated"
-    result = build(machine, "--argstr", "nonce", uuid.uuid4().hex,
-                   "--argstr", "script", SANDBOX_PROBE)
+    result = build(machine, SANDBOX_PROBE)
     assert result.returncode == 0, result.stderr
     print(f"sandbox probe: {' '.join(result.stdout.split())}")
     # Nix's sandbox: hostname localhost, the build user is 1000 in a user namespace of its
@@ -346,7 +343,7 @@ def test_quick_restarts_keep_the_nix_daemon_as_shipped_serving(
         seen = next_restart_event(machine, seen)
         machine.unregister(FLIPPED_ENTRY)
         seen = next_restart_event(machine, seen)
-    result = build(machine, "--argstr", "nonce", uuid.uuid4().hex)
+    result = build(machine)
     socket = machine.run(["systemctl", "show", "-p", "ActiveState,Result",
                           "nix-daemon.socket"]).stdout.split()
     paced = machine.run(["journalctl", "-u", "binfmtd", "-o", "cat", "--no-pager"]).stdout
