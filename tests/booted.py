@@ -48,6 +48,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Callable
 
+from tests.support.waiting import until
+
 CACHE = Path("/var/tmp")
 BOOT_TIMEOUT = 60.0  # generous: two cores shared with other test runs
 STOP_TIMEOUT = 20.0
@@ -276,14 +278,17 @@ class Machine:
     def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> float:
         """Wait until `condition()` holds; return the seconds it took, or raise TimedOut."""
         start = time.monotonic()
-        deadline = start + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimedOut(f"{self.name}: not within {timeout:.0f} s: {what}")
+
+        def held() -> bool:
+            if condition():
+                return True
             if self.nspawn.poll() is not None:
                 raise BootFailed(f"{self.name} exited while waiting for: {what}\n"
                                  f"{self.console()}")
-            time.sleep(0.05)
+            return False
+
+        if not until(held, timeout, interval=0.05):
+            raise TimedOut(f"{self.name}: not within {timeout:.0f} s: {what}")
         return time.monotonic() - start
 
     # --- the container's own binfmt_misc ------------------------------------------------

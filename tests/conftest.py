@@ -6,16 +6,15 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from hypothesis import settings
 
 from tests.private_binfmt import NamespaceError, PrivateBinfmt
+from tests.support.parts import REPO, project_version, require
 
 # No per-example deadline: on a loaded 2-core machine (CI, or `make deb` beside other
 # builds) one example of a pure function took 0.7 s, and a timing check is not what
@@ -23,15 +22,7 @@ from tests.private_binfmt import NamespaceError, PrivateBinfmt
 settings.register_profile("binfmtd", deadline=None)
 settings.load_profile("binfmtd")
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).parent / "data"
 PROC_BINFMT = Path("/proc/sys/fs/binfmt_misc")
-IN_CI = os.environ.get("CI") == "true"
 
 # Debian 12's qemu-user-static line for aarch64, as systemd-binfmt writes it.
 DEBIAN_AARCH64_MAGIC = (
@@ -40,26 +31,6 @@ DEBIAN_AARCH64_MAGIC = (
 DEBIAN_AARCH64_MASK = (
     r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
 )
-
-
-def require(condition: object, reason: str) -> None:
-    """Skip a test whose real part is missing; in CI fail instead, so green means proven."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"CI needs this real part: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def waits_for(condition: Callable[[], bool], timeout: float) -> bool:
-    """True as soon as `condition` holds; False if it did not within `timeout`. A False is
-    only a finding with a control: the same wait seeing a real change in the same test."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def binfmt_line(name: str, interpreter: str, flags: str = "OPF",
@@ -108,9 +79,7 @@ def debian_package() -> Path:
     built = subprocess.run(["make", "deb"], cwd=REPO, capture_output=True, text=True,
                            timeout=1800, check=False)
     assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
-    with open(REPO / "pyproject.toml", "rb") as file:
-        version = tomllib.load(file)["project"]["version"]
-    path = REPO / "dist" / f"binfmtd_{version}_all.deb"
+    path = REPO / "dist" / f"binfmtd_{project_version()}_all.deb"
     assert path.is_file(), built.stdout[-2000:]
     return path
 

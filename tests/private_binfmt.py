@@ -26,10 +26,11 @@ import os
 import select
 import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
+
+from tests.support.waiting import until
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -161,16 +162,21 @@ class PrivateBinfmt:
         """The host pid of the program an `argv()` process runs: nsenter forks it and
         passes no signal on, so signals and CPU figures go to this pid."""
         children = Path(f"/proc/{nsenter.pid}/task/{nsenter.pid}/children")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        failed = NamespaceError(f"nsenter {nsenter.pid} started no program inside")
+
+        def child() -> Optional[int]:
             with contextlib.suppress(OSError):
                 found = children.read_text().split()
                 if found:
                     return int(found[0])
             if nsenter.poll() is not None:
-                break
-            time.sleep(0.005)
-        raise NamespaceError(f"nsenter {nsenter.pid} started no program inside")
+                raise failed
+            return None
+
+        pid = until(child, timeout, interval=0.005)
+        if pid is None:
+            raise failed
+        return pid
 
     def pids(self) -> list[int]:
         """Every process inside, by its pid inside."""
@@ -189,12 +195,7 @@ def _expect(fd: int, word: str, timeout: float) -> str:
 
 def _waited(pid: int, timeout: float) -> bool:
     """Reap `pid` within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while os.waitpid(pid, os.WNOHANG)[0] != pid:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+    return bool(until(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, timeout, interval=0.005))
 
 
 # --- inside: a forked child that unshares, and its child, PID 1 of the new namespace ----

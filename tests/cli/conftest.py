@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.sandbox import QEMU_STATIC_DIR, Sandbox
-from tests.conftest import require
+from tests.support.parts import require
 
 
 @pytest.fixture

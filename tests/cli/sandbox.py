@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import DATA
+from tests.support.parts import DATA
 
 QEMU_STATIC_DIR = Path("/usr/libexec/qemu-binfmt")
 

@@ -17,7 +17,7 @@ from typing import Callable
 import pytest
 
 from tests.cli.sandbox import Sandbox
-from tests.conftest import require
+from tests.support.parts import require
 
 COMMANDS = [("status",), ("status", "--json"), ("sync",), ("sync", "--check"), ("run",),
             ("register", "aarch64-linux"), ("unregister", "aarch64-linux"), ("doctor",),

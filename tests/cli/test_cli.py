@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.sandbox import Sandbox
-from tests.conftest import DATA, require
+from tests.support.parts import DATA, require
 
 ORIGINAL = "# the user's own file\nsandbox = true\ntrusted-users = root\n"
 

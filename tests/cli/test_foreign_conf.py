@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.sandbox import Sandbox
-from tests.conftest import require
+from tests.support.parts import require
 
 MANAGED_TEXT = "# written by a manager\nsandbox = true\nexperimental-features = nix-command\n"
 

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.conftest import REPO, require
+from tests.support.parts import REPO, require
 
 CACHE = Path("/var/cache/binfmtd-tests/py39-venv")
 PACKAGES = ["structlog", "psutil", "tomli", "pytest", "hypothesis"]

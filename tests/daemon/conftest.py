@@ -20,8 +20,8 @@ from typing import Callable, Optional
 import pytest
 
 from binfmtd.daemon.inotify import IN_CLOSE_WRITE, Inotify
-from tests.conftest import waits_for
 from tests.private_binfmt import PrivateBinfmt
+from tests.support.waiting import until
 
 IN_CLOSE_NOWRITE = 0x00000010
 
@@ -81,22 +81,25 @@ class RunningDaemon:
 
     def wait_for_message(self, wanted: str, timeout: float = 5) -> str:
         """The first new notify message containing `wanted`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.socket.settimeout(max(0.01, deadline - time.monotonic()))
+        def received() -> Optional[str]:
             try:
-                message = self.socket.recv(4096).decode()
+                message = self.socket.recv(4096).decode()  # blocks for a poll's interval
             except socket.timeout:
-                break
+                return None
             self.messages.append(message)
-            if wanted in message:
-                return message
-        raise AssertionError(f"no notify message with {wanted!r}; got {self.messages}\n{self.log}")
+            return message if wanted in message else None
+
+        self.socket.settimeout(0.01)
+        message = until(received, timeout, interval=0)
+        if message is None:
+            raise AssertionError(
+                f"no notify message with {wanted!r}; got {self.messages}\n{self.log}")
+        return message
 
     def wait_until(self, condition: Callable[[], bool], timeout: float = 3) -> float:
         """Seconds until `condition` held; fails after `timeout`."""
         start = time.monotonic()
-        if not waits_for(condition, timeout):
+        if not until(condition, timeout):
             raise AssertionError(f"condition not met within {timeout} s\n{self.log}")
         return time.monotonic() - start
 
@@ -130,15 +133,13 @@ class Reads:
         self.events: list[tuple[int, str]] = []
 
     def wait_for_a_read_after_my_writes(self, timeout: float = 3) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def read_after() -> bool:
             self.events += [(e.mask, e.name) for e in self.inotify.read_events()]
             writes = [i for i, (mask, _) in enumerate(self.events) if mask & IN_CLOSE_WRITE]
             after = self.events[writes[-1] + 1:] if writes else self.events
-            if any(mask & IN_CLOSE_NOWRITE and name for mask, name in after):
-                return
-            assert time.monotonic() < deadline, f"nobody read the entries: {self.events}"
-            time.sleep(0.01)
+            return any(mask & IN_CLOSE_NOWRITE and name for mask, name in after)
+
+        assert until(read_after, timeout), f"nobody read the entries: {self.events}"
 
     def close(self) -> None:
         self.inotify.close()

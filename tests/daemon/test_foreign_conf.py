@@ -7,10 +7,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.conftest import require
 from tests.daemon.conftest import Reads, RunningDaemon
 from tests.daemon.test_run import RISCV64, S390X, declares
 from tests.private_binfmt import PrivateBinfmt
+from tests.support.parts import require
 
 
 def test_a_nix_conf_in_the_store_is_refused_once_and_left_alone(

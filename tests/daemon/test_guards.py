@@ -15,9 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import binfmt_line, require, waits_for
+from tests.conftest import binfmt_line
 from tests.daemon.conftest import RunningDaemon
 from tests.private_binfmt import PrivateBinfmt
+from tests.support.parts import require
+from tests.support.waiting import until
 
 RISCV64_MAGIC = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00"
 RISCV64 = binfmt_line("binfmtd-test-riscv64", "/usr/libexec/qemu-binfmt/riscv64-binfmt-P",
@@ -111,7 +113,7 @@ def test_sighup_alone_reloads_the_config(
     daemon.wait_for_message("READY=1")
     with open(elsewhere / "config.toml", "a") as config:  # in place: no event for the link
         config.write('ignore-platforms = ["aarch64-linux"]\n')
-    ignored = waits_for(lambda: "aarch64-linux" not in daemon.nix_conf.read_text(), timeout=1)
+    ignored = until(lambda: "aarch64-linux" not in daemon.nix_conf.read_text(), timeout=1)
     assert not ignored and "config.reloaded" not in daemon.log, "it reloaded without SIGHUP"
     daemon.signal(signal.SIGHUP)
     daemon.wait_until(lambda: "aarch64-linux" not in daemon.nix_conf.read_text(), timeout=1)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import binfmt_line, require, waits_for
+from tests.conftest import binfmt_line
 from tests.daemon.conftest import (
     Reads,
     RunningDaemon,
@@ -21,6 +21,8 @@ from tests.daemon.conftest import (
     wakeups,
 )
 from tests.private_binfmt import BINFMT_MISC, PrivateBinfmt
+from tests.support.parts import require
+from tests.support.waiting import until
 
 RISCV64_MAGIC = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00"
 S390X_MAGIC = r"\x7f\x45\x4c\x46\x02\x02\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x16"
@@ -251,14 +253,14 @@ def test_waits_for_binfmt_misc_to_be_mounted_without_spinning(
         waiting.wait_until(lambda: blocked_in_select(waiting.pid))
         asleep = wakeups(waiting.pid)
         cpu = _cpu_seconds(waiting)
-        woke = waits_for(lambda: wakeups(waiting.pid) != asleep, timeout=0.5)
+        woke = until(lambda: wakeups(waiting.pid) != asleep, timeout=0.5)
         assert not woke, "the daemon woke up with nothing to do: it polls"
         idle_cpu = _cpu_seconds(waiting) - cpu
         assert idle_cpu < 0.05
         print(f"waiting for the mount: 0 wake-ups and {idle_cpu:.3f} s CPU in 0.5 s")
         mounted = real_binfmt.run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT_MISC])
         assert mounted.returncode == 0, mounted.stderr
-        assert waits_for(lambda: wakeups(waiting.pid) != asleep, timeout=2)  # the control
+        assert until(lambda: wakeups(waiting.pid) != asleep, timeout=2)  # the control
         waiting.wait_until(declares(waiting, "riscv64-linux"), timeout=2)
         assert "binfmt_misc.mounted" in waiting.log
     finally:

@@ -22,8 +22,8 @@ import pytest
 from builders import FetchError, static_busybox
 from nixtest import BuildResult, NixClient, NixDaemon
 
-from tests.conftest import require
 from tests.private_binfmt import PrivateBinfmt
+from tests.support.parts import require
 
 Timed = Callable[[str], AbstractContextManager[None]]
 _timings: list[tuple[str, str, float]] = []

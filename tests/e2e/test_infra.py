@@ -15,8 +15,8 @@ from typing import Callable
 import pytest
 from nixtest import SOCKET, BuildResult, NixDaemon
 
-from tests.conftest import waits_for
 from tests.private_binfmt import PrivateBinfmt
+from tests.support.waiting import until
 
 # Debian's qemu-user-static lines (/usr/lib/binfmt.d), under test names.
 AARCH64_LINE = (r":binfmtd-test-aarch64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00"
@@ -84,10 +84,10 @@ def test_restart_script_restarts_the_same_daemon(nix_daemon: NixDaemon, timed: T
     assert nix_daemon.pid not in (None, old_pid)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.connect(str(real_binfmt.inside(str(SOCKET))))  # nix-daemon forks a worker
-        assert waits_for(lambda: len(named(real_binfmt, "nix-daemon")) == 2, timeout=5)
+        assert until(lambda: len(named(real_binfmt, "nix-daemon")) == 2, timeout=5)
         # One daemon; its worker is not one, once it has closed the listening socket it
         # inherited (right after the fork: wait for it rather than race it).
-        assert waits_for(lambda: nix_daemon.listeners() == [nix_daemon.pid], timeout=5), (
+        assert until(lambda: nix_daemon.listeners() == [nix_daemon.pid], timeout=5), (
             nix_daemon.listeners())
 
 

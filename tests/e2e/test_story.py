@@ -20,15 +20,14 @@ import pytest
 from nixtest import BuildResult, NixClient, NixDaemon
 from test_infra import AARCH64_LINE, RISCV64_LINE, SCRIPT
 
-from tests.conftest import waits_for
 from tests.private_binfmt import PrivateBinfmt
+from tests.support.parts import REPO
+from tests.support.waiting import until
 
 Build = Callable[[str, Path, str], BuildResult]
 Busybox = Callable[[str], Path]
 Register = Callable[[str, str], Path]
 Timed = Callable[[str], AbstractContextManager[None]]
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def not_declared(system: str) -> str:
@@ -74,7 +73,7 @@ class RunningBinfmtd:
                    for line in self.log_path.read_text().splitlines() if line.startswith("{"))
 
     def wait_for(self, name: str, count: int, timeout: float = 10) -> None:
-        assert waits_for(lambda: self.events(name) >= count, timeout), \
+        assert until(lambda: self.events(name) >= count, timeout), \
             f"no {count}x {name} within {timeout} s:\n{self.log_path.read_text()}"
 
     def stop(self) -> int:
@@ -226,7 +225,7 @@ def test_a_build_in_flight_survives_the_restart(
     build = nix_client.begin("aarch64-linux", builder, "echo build-started >&2; "
                              f"until [ -e {gate}/open ]; do sleep 0.05; done; uname -m > $out")
     with timed("aarch64 build with a nix-daemon restart in the middle"):
-        assert waits_for(lambda: "build-started" in build.log() or not build.running(), 60)
+        assert until(lambda: "build-started" in build.log() or not build.running(), 60)
         assert build.running(), build.log()
         register_handler("binfmtd-test-riscv64", RISCV64_LINE)
         old_pid = nix_daemon.pid

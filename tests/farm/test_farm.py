@@ -35,7 +35,6 @@ from typing import NamedTuple
 import pytest
 
 from tests.booted import Machine, Unavailable, boot, debian_tree
-from tests.conftest import require
 from tests.e2e.nixtest import (  # DAEMON_CONF: sandbox = true, sandbox-fallback = false
     DAEMON_CONF,
     DERIVATION_FILE,
@@ -44,6 +43,7 @@ from tests.e2e.nixtest import (  # DAEMON_CONF: sandbox = true, sandbox-fallback
 )
 from tests.matrix.generations import BOOKWORM
 from tests.packaging.test_ansible import ROLES
+from tests.support.parts import require
 
 BUSYBOX = Path("/var/cache/binfmtd-tests/busybox")  # {arm64,riscv64}/busybox, static
 PACKAGES = BOOKWORM.packages  # the matrix's bookworm tree: systemd, Nix, qemu, sshd

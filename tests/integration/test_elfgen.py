@@ -10,7 +10,7 @@ import pytest
 
 from binfmtd.emulation.elfgen import EXIT_CODE, MACHINES, exit_program
 from binfmtd.emulators import EMULATIONS
-from tests.conftest import require
+from tests.support.parts import require
 
 QEMU_ARCH = {system: emulation.qemu_arch for system, emulation in EMULATIONS.items()}
 

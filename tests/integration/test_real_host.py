@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import binfmt_line, require
+from tests.conftest import binfmt_line
 from tests.private_binfmt import PrivateBinfmt
+from tests.support.parts import require
 
 AARCH64_INTERPRETER = "/usr/libexec/qemu-binfmt/aarch64-binfmt-P"
 RISCV64_MAGIC = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00"

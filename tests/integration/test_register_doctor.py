@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import binfmt_line, require
+from tests.conftest import binfmt_line
 from tests.private_binfmt import PrivateBinfmt
+from tests.support.parts import require
 
 PREFIX = "binfmtd-test-reg-"
 DOCTOR_SYSTEMS = ["aarch64-linux", "armv7l-linux", "riscv64-linux", "powerpc64le-linux",

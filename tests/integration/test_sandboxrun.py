@@ -12,7 +12,7 @@ import pytest
 from binfmtd.emulation.elfgen import EXIT_CODE, exit_program
 from binfmtd.emulation.sandboxrun import run_sandboxed
 from binfmtd.platforms import host_system
-from tests.conftest import require
+from tests.support.parts import require
 
 # What a shell script needs to run in the private root (merged /usr or not).
 SHELL_PATHS = ("/usr", "/bin", "/lib", "/lib64")

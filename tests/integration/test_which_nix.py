@@ -12,8 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from tests.conftest import require
 from tests.private_binfmt import PrivateBinfmt
+from tests.support.parts import require
 
 PROFILE_BIN = "/nix/var/nix/profiles/default/bin"
 NO_NIX_PATH = "/usr/local/sbin:/usr/sbin:/sbin"  # systemd's PATH has no Nix in it either

@@ -25,7 +25,7 @@ from typing import Optional
 
 import pytest
 
-from tests.conftest import DATA, require
+from tests.support.parts import DATA, require
 
 QEMU_STATIC_DIR = Path("/usr/libexec/qemu-binfmt")
 # `?` lets strace ignore a name the architecture lacks (aarch64 has no open/rename).

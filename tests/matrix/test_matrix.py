@@ -34,13 +34,13 @@ from typing import Any, NamedTuple
 import pytest
 
 from tests.booted import Machine, Unavailable, boot, debian_tree
-from tests.conftest import require
 from tests.e2e.nixtest import (  # DAEMON_CONF: sandbox = true, sandbox-fallback = false
     DAEMON_CONF,
     derivation_args,
     lay_out_builds,
 )
 from tests.matrix.generations import GENERATIONS, Generation
+from tests.support.parts import require
 
 BUSYBOX = Path("/var/cache/binfmtd-tests/busybox/arm64/busybox")  # Debian's static arm64 one
 SYSTEM = "aarch64-linux"

@@ -22,9 +22,9 @@ import pytest
 
 from tests.booted import Unavailable
 from tests.booted import debian_tree as cached_debian_tree
-from tests.conftest import require
 from tests.matrix.generations import BOOKWORM
 from tests.private_binfmt import PrivateBinfmt
+from tests.support.parts import require
 from tests.system.hostguard import host_kept
 
 TREE_ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=/root")

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROC_BINFMT, binfmt_line, require
+from tests.conftest import PROC_BINFMT, binfmt_line
 from tests.private_binfmt import PrivateBinfmt
+from tests.support.parts import REPO, require
 
-REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "packaging" / "ansible"
 ROLES = ANSIBLE_DIR / "roles"
 CACHE = Path("/var/cache/binfmtd-tests")

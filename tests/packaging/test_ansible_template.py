@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEBIAN_AARCH64_MAGIC, PROC_BINFMT, binfmt_line, require
+from tests.conftest import DEBIAN_AARCH64_MAGIC, PROC_BINFMT, binfmt_line
 from tests.e2e.nixtest import NixDaemon
 from tests.packaging.test_ansible import Ansible, ansible_venv, binfmtd_command
 from tests.private_binfmt import PrivateBinfmt
+from tests.support.parts import require
 
 __all__ = ["ansible_venv"]  # the session fixture, shared with test_ansible.py
 

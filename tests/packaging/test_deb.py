@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 
 from binfmtd.config import Config, parse_config
-from tests.conftest import DATA, binfmt_line
+from tests.conftest import binfmt_line
 from tests.packaging.conftest import DebianTree
+from tests.support.parts import DATA, project_version
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python < 3.11 only
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parents[2]
 NIX_CONF = "/etc/nix/nix.conf"
 CONFIG = "/etc/binfmtd/config.toml"
 UNIT = "/lib/systemd/system/binfmtd.service"
@@ -50,11 +50,6 @@ def run(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 def installed(tree: DebianTree) -> bool:
     shown = tree.run("dpkg-query", "-W", "-f=${db:Status-Status}", "binfmtd")
     return shown.returncode == 0 and shown.stdout == "installed"
-
-
-def project_version() -> str:
-    with open(ROOT / "pyproject.toml", "rb") as file:
-        return str(tomllib.load(file)["project"]["version"])
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,8 @@ import pytest
 
 from binfmtd.config import Config, read_config
 from binfmtd.nixconf import find_block, render_block, with_block
-from tests.conftest import require
+from tests.support.parts import REPO, require
 
-REPO = Path(__file__).resolve().parents[2]
 UNIT = "/usr/lib/systemd/system/binfmtd.service"
 CONFIG = "/etc/binfmtd/config.toml"
 LICENSE = "/usr/share/licenses/binfmtd/LICENSE"

@@ -19,9 +19,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import DATA, binfmt_line, require, waits_for
+from tests.conftest import binfmt_line
 from tests.daemon.conftest import RunningDaemon
 from tests.private_binfmt import BINFMT_MISC, PrivateBinfmt
+from tests.support.parts import DATA, require
+from tests.support.waiting import until
 
 RISCV64_MAGIC = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00"
 RISCV64 = binfmt_line("binfmtd-test-riscv64", "/usr/libexec/qemu-binfmt/riscv64-binfmt-P",
@@ -123,7 +125,7 @@ def test_syncs_killed_while_nix_validates_leave_no_temp_folder_behind(tmp_path: 
         before = set(debris())
         process = binfmtd("--binfmt-misc", str(tree), "--nix-conf", str(conf), "sync",
                           "--no-restart", env=env)
-        copied = waits_for(partial(copy_made_or_ended, before, process), timeout=10)
+        copied = bool(until(partial(copy_made_or_ended, before, process), timeout=10))
         process.kill()  # while Nix reads the copy
         process.wait()
         new = set(debris()) - before
@@ -228,15 +230,17 @@ def test_binfmt_misc_unmounted_and_remounted_under_the_daemon(
 
 def wait_for_reader(fifo: Path, timeout: float = 10) -> int:
     """A write end of `fifo` once a reader has it open (until then O_NONBLOCK gives ENXIO)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def opened() -> int | None:
         try:
             return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as error:
             if error.errno != errno.ENXIO:
                 raise
-        assert time.monotonic() < deadline, f"nothing opened {fifo} within {timeout} s"
-        time.sleep(0.01)
+            return None
+
+    gate = until(opened, timeout)
+    assert gate is not None, f"nothing opened {fifo} within {timeout} s"
+    return gate
 
 
 def release(gate: int) -> None:

@@ -15,7 +15,8 @@ from typing import Callable, NoReturn, Optional, TypeVar
 import pytest
 
 from tests.booted import BootFailed, Machine, boot
-from tests.conftest import require
+from tests.support.parts import require
+from tests.support.waiting import until
 
 TIMINGS: list[tuple[str, float]] = []  # printed at the end of the pytest run (conftest.py)
 
@@ -76,16 +77,13 @@ T = TypeVar("T")
 def wait_for(what: str, probe: Callable[[], Optional[T]], timeout: float = 3.0) -> T:
     """Poll `probe` until it returns something other than None; record how long it took."""
     start = time.monotonic()
-    while True:
-        value = probe()
-        seconds = time.monotonic() - start
-        if value is not None:
-            TIMINGS.append((what, seconds))
-            print(f"timing: {what}: {seconds:.3f} s", flush=True)
-            return value
-        if seconds > timeout:
-            pytest.fail(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.05)
+    value = until(probe, timeout, interval=0.05)
+    if value is None:
+        pytest.fail(f"not within {timeout:.0f} s: {what}")
+    seconds = time.monotonic() - start
+    TIMINGS.append((what, seconds))
+    print(f"timing: {what}: {seconds:.3f} s", flush=True)
+    return value
 
 
 def show(machine: Machine, unit: str) -> dict[str, str]:

@@ -45,7 +45,6 @@ from machine import (
 )
 
 from tests.booted import Machine
-from tests.conftest import require
 from tests.e2e.builders import FetchError, static_busybox
 from tests.e2e.nixtest import (  # DAEMON_CONF: sandbox = true, sandbox-fallback = false
     BUSYBOX_DERIVATION,
@@ -54,6 +53,8 @@ from tests.e2e.nixtest import (  # DAEMON_CONF: sandbox = true, sandbox-fallback
     busybox_path,
     derivation_args,
 )
+from tests.support.parts import require
+from tests.support.waiting import until
 
 # Debian's qemu-user-static line for aarch64 with flag F only: the kernel keeps the emulator
 # it opened at registration, so the sandbox needs no path for it.
@@ -163,17 +164,21 @@ def nix_daemon(machine: Machine) -> dict[str, str]:
 def restarted(machine: Machine, invocation: str, declared: bool) -> dict[str, str]:
     """Wait until nix-daemon runs under a new invocation and the block (no longer) declares
     FLIPPED_PATH; return the new daemon's properties."""
-    deadline = time.monotonic() + RESTART_TIMEOUT
-    while True:
-        state = nix_daemon(machine)
+    state: dict[str, str] = {}
+
+    def new_daemon() -> dict[str, str] | None:
+        state.update(nix_daemon(machine))
         if (state["InvocationID"] != invocation and state["MainPID"] != "0"
                 and (FLIPPED_PATH in sandbox_paths(machine)) == declared):
-            return state
-        if time.monotonic() > deadline:
-            pytest.fail(f"no nix-daemon restart with {FLIPPED_PATH} "
-                        f"{'declared' if declared else 'gone'} within {RESTART_TIMEOUT:.0f} s: "
-                        f"{state}, sandbox paths: {sandbox_paths(machine)}")
-        time.sleep(0.02)
+            return dict(state)
+        return None
+
+    found = until(new_daemon, RESTART_TIMEOUT, interval=0.02)
+    if found is None:
+        pytest.fail(f"no nix-daemon restart with {FLIPPED_PATH} "
+                    f"{'declared' if declared else 'gone'} within {RESTART_TIMEOUT:.0f} s: "
+                    f"{state}, sandbox paths: {sandbox_paths(machine)}")
+    return found
 
 
 def flip(machine: Machine) -> list[Restart]:

@@ -18,7 +18,7 @@ import pytest
 from binfmtd.conffile import managed_file, read_conf_text
 from binfmtd.errors import BinfmtdError
 from binfmtd.files import replace_file
-from tests.conftest import REPO, require
+from tests.support.parts import REPO, require
 from tests.unit.labelled_write import LABEL
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from binfmtd.config import Config, RestartPolicy, read_config
 from binfmtd.errors import BinfmtdError
-from tests.conftest import require
+from tests.support.parts import require
 
 
 def write(tmp_path: Path, text: str) -> Path:

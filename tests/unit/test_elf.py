@@ -9,7 +9,7 @@ import pytest
 
 from binfmtd.elf import NotAnElfFile, program_interpreter
 from binfmtd.interpreters import link_chain, parse_library_list, read_interpreter
-from tests.conftest import require
+from tests.support.parts import require
 
 
 def elf64_with_interp(interp: bytes | None, order: str = "<") -> bytes:

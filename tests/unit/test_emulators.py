@@ -15,7 +15,7 @@ from binfmtd.emulators import (
     render_binfmt_line,
 )
 from binfmtd.platforms import ElfIdentity, decode_magic, nix_system
-from tests.conftest import DATA
+from tests.support.parts import DATA
 
 DEBIAN = DATA / "binfmt_misc" / "debian"
 

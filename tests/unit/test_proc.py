@@ -16,7 +16,7 @@ import pytest
 
 from binfmtd.errors import BinfmtdError
 from binfmtd.proc import Running, run_program, start_program
-from tests.conftest import waits_for
+from tests.support.waiting import until
 
 
 def test_both_outputs_and_the_exit_status_come_back() -> None:
@@ -50,7 +50,7 @@ def started_shell(pidfile: Path) -> tuple[Running, int]:
     """A program that runs until stopped, and its pid (as it wrote it)."""
     running = start_program(["sh", "-c", f"echo $$ > {pidfile}.new; mv {pidfile}.new {pidfile}; "
                                          "exec sleep 30"], timeout=0.5)
-    assert waits_for(pidfile.exists, timeout=10)
+    assert until(pidfile.exists, timeout=10)
     return running, int(pidfile.read_text())
 
 

@@ -7,7 +7,7 @@ import pytest
 from binfmtd.binfmt import Handler, Interpreter, MalformedEntry, parse_entry, read_binfmt_state
 from binfmtd.config import Config
 from binfmtd.reconcile import Plan, plan
-from tests.conftest import DATA
+from tests.support.parts import DATA
 
 FIXTURES = DATA / "binfmt_misc"
 
