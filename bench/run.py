@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py [--pairs 21] [--rounds 15] [--idle-seconds 60]
 
-Needs root. Everything happens in a private binfmt_misc (tests/private_binfmt.py): the
+Needs root. Everything happens in a private binfmt_misc (tests/support/kernel.py): the
 host's handlers are neither read nor changed. The machines this runs on are shared and
 noisy, so the cold-start figure is a ratio of pairs run back to back in the same loop
 (binfmtd status, then a bare interpreter), never an absolute time.
@@ -36,7 +36,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.private_binfmt import PrivateBinfmt  # noqa: E402
+from tests.support.kernel import PrivateBinfmt  # noqa: E402
 
 SYSTEMD_BINFMT = "/lib/systemd/systemd-binfmt"
 MAGIC = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00"

@@ -48,13 +48,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Callable
 
+from tests.support.kernel import BINFMT_MISC, REGISTER_PROGRAM, entry_name
 from tests.support.waiting import until
 
 CACHE = Path("/var/tmp")
 BOOT_TIMEOUT = 60.0  # generous: two cores shared with other test runs
 STOP_TIMEOUT = 20.0
 DEBOOTSTRAP_TIMEOUT = 1200.0
-BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
 STAMP = ".binfmtd-tree.stamp"  # inside the tree; written last, before the rename
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CONTAINER_ENV = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", "TERM": "dumb",
@@ -311,14 +311,13 @@ class Machine:
     def register(self, line: str) -> str:
         """Register `line` (":name:type:...") in the container's binfmt_misc; return its name.
 
-        Written by Python in one write(2), so the kernel decodes the \\x escapes (printf
-        without a format string would write real NUL bytes: ../shared/FACTS.md). With the F
-        flag the kernel opens the interpreter now, as the container sees it.
+        Written by the container's Python in one write(2), the host's own register_line()
+        (tests/support/kernel.py), so the kernel decodes the \\x escapes (printf without a
+        format string would write real NUL bytes: ../shared/FACTS.md). With the F flag the
+        kernel opens the interpreter now, as the container sees it.
         """
-        write = ("import os, sys; fd = os.open(sys.argv[2], os.O_WRONLY); "
-                 "os.write(fd, sys.argv[1].encode()); os.close(fd)")
-        self.run(["python3", "-c", write, line, f"{BINFMT_MISC}/register"])
-        return line.split(":")[1]
+        self.run(["python3", "-c", REGISTER_PROGRAM, BINFMT_MISC, line])
+        return entry_name(line)
 
     def unregister(self, name: str) -> None:
         """Remove the entry `name` from the container's binfmt_misc (nothing if absent)."""

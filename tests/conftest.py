@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.private_binfmt import NamespaceError, PrivateBinfmt
+from tests.support.kernel import NamespaceError, PrivateBinfmt
 from tests.support.parts import REPO, project_version, require
 
 # No per-example deadline: on a loaded 2-core machine (CI, or `make deb` beside other
@@ -21,22 +21,6 @@ from tests.support.parts import REPO, project_version, require
 # these tests are for. Speed lives in bench/.
 settings.register_profile("binfmtd", deadline=None)
 settings.load_profile("binfmtd")
-
-PROC_BINFMT = Path("/proc/sys/fs/binfmt_misc")
-
-# Debian 12's qemu-user-static line for aarch64, as systemd-binfmt writes it.
-DEBIAN_AARCH64_MAGIC = (
-    r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00"
-)
-DEBIAN_AARCH64_MASK = (
-    r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
-)
-
-
-def binfmt_line(name: str, interpreter: str, flags: str = "OPF",
-                magic: str = DEBIAN_AARCH64_MAGIC, mask: str = DEBIAN_AARCH64_MASK) -> str:
-    return f":{name}:M::{magic}:{mask}:{interpreter}:{flags}"
-
 
 @pytest.fixture
 def real_binfmt() -> Iterator[PrivateBinfmt]:

@@ -10,9 +10,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.kernel import QEMU_BINFMT
 from tests.support.parts import DATA
 
-QEMU_STATIC_DIR = Path("/usr/libexec/qemu-binfmt")
+QEMU_STATIC_DIR = Path(QEMU_BINFMT)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Run the real `binfmtd run` as systemd would: a process, a notify socket, signals.
 
-Every daemon watches a private binfmt_misc (tests/private_binfmt.py): either from the
+Every daemon watches a private binfmt_misc (tests/support/kernel.py): either from the
 host, through the instance's /proc/PID/root path, or, where the test is about what the
 daemon sees in its own mount namespace (binfmt_misc unmounted, mounted again), run inside.
 """
@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import pytest
 
 from binfmtd.daemon.inotify import IN_CLOSE_WRITE, Inotify
-from tests.private_binfmt import PrivateBinfmt
+from tests.support.kernel import PrivateBinfmt
 from tests.support.waiting import until
 
 IN_CLOSE_NOWRITE = 0x00000010

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.daemon.conftest import Reads, RunningDaemon
 from tests.daemon.test_run import RISCV64, S390X, declares
-from tests.private_binfmt import PrivateBinfmt
+from tests.support.kernel import PrivateBinfmt
 from tests.support.parts import require
 
 

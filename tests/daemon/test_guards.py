@@ -15,16 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import binfmt_line
 from tests.daemon.conftest import RunningDaemon
-from tests.private_binfmt import PrivateBinfmt
+from tests.support.kernel import AARCH64, RISCV64, PrivateBinfmt
 from tests.support.parts import require
 from tests.support.waiting import until
 
-RISCV64_MAGIC = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00"
-RISCV64 = binfmt_line("binfmtd-test-riscv64", "/usr/libexec/qemu-binfmt/riscv64-binfmt-P",
-                      magic=RISCV64_MAGIC)
-AARCH64 = binfmt_line("binfmtd-test-aarch64", "/usr/libexec/qemu-binfmt/aarch64-binfmt-P")
 MAX_QUEUED_EVENTS = Path("/proc/sys/fs/inotify/max_queued_events")
 
 

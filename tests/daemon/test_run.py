@@ -13,24 +13,15 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import binfmt_line
 from tests.daemon.conftest import (
     Reads,
     RunningDaemon,
     blocked_in_select,
     wakeups,
 )
-from tests.private_binfmt import BINFMT_MISC, PrivateBinfmt
+from tests.support.kernel import BINFMT_MISC, RISCV64, S390X, PrivateBinfmt
 from tests.support.parts import require
 from tests.support.waiting import until
-
-RISCV64_MAGIC = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00"
-S390X_MAGIC = r"\x7f\x45\x4c\x46\x02\x02\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x16"
-S390X_MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff"
-RISCV64 = binfmt_line("binfmtd-test-riscv64", "/usr/libexec/qemu-binfmt/riscv64-binfmt-P",
-                      magic=RISCV64_MAGIC)
-S390X = binfmt_line("binfmtd-test-s390x", "/usr/libexec/qemu-binfmt/s390x-binfmt-P",
-                    magic=S390X_MAGIC, mask=S390X_MASK)
 
 
 def declares(daemon: RunningDaemon, system: str) -> Callable[[], bool]:

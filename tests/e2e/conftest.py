@@ -1,6 +1,6 @@
 """Fixtures for end-to-end tests: a real nix-daemon, a real binfmt_misc, foreign builders.
 
-Each test gets a private namespace (tests/private_binfmt.py) with its own binfmt_misc and
+Each test gets a private namespace (tests/support/kernel.py) with its own binfmt_misc and
 its own nix-daemon socket; the daemon, binfmtd and the builds all run in there, so the
 host's handlers, /etc/nix and nix-daemon neither help nor get touched. The namespace's
 end stops every process in it, also when a test fails. In CI (CI=true) a missing part
@@ -22,7 +22,7 @@ import pytest
 from builders import FetchError, static_busybox
 from nixtest import BuildResult, NixClient, NixDaemon
 
-from tests.private_binfmt import PrivateBinfmt
+from tests.support.kernel import PrivateBinfmt
 from tests.support.parts import require
 
 Timed = Callable[[str], AbstractContextManager[None]]

@@ -1,7 +1,7 @@
 """A real nix-daemon without systemd, in a test's private namespace, and a Nix client
 that cannot override it; what every tier's Nix is configured with, and what it builds.
 
-The daemon runs inside the test's namespace (tests/private_binfmt.py): it sees only the
+The daemon runs inside the test's namespace (tests/support/kernel.py): it sees only the
 private binfmt_misc, and owns the namespace's own /nix/var/nix/daemon-socket, so it
 neither needs nor touches the host's socket, /etc/nix or nix-daemon. The store is the
 host's /nix/store, as any second Nix client's would be.
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from tests.booted import Machine
-    from tests.private_binfmt import PrivateBinfmt
+    from tests.support.kernel import PrivateBinfmt
 
 SOCKET = Path("/nix/var/nix/daemon-socket/socket")
 BUILD_USERS = 10  # as many as Debian's nix-setup-systemd creates

@@ -15,18 +15,11 @@ from typing import Callable
 import pytest
 from nixtest import SOCKET, BuildResult, NixDaemon
 
-from tests.private_binfmt import PrivateBinfmt
+from tests.support.kernel import AARCH64, RISCV64, PrivateBinfmt
 from tests.support.waiting import until
 
 # Debian's qemu-user-static lines (/usr/lib/binfmt.d), under test names.
-AARCH64_LINE = (r":binfmtd-test-aarch64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00"
-                r"\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff"
-                r"\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
-                r":/usr/libexec/qemu-binfmt/aarch64-binfmt-P:OPF")
-RISCV64_LINE = (r":binfmtd-test-riscv64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00"
-                r"\x00\x00\x00\x00\x02\x00\xf3\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff"
-                r"\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
-                r":/usr/libexec/qemu-binfmt/riscv64-binfmt-P:OPF")
+AARCH64_LINE, RISCV64_LINE = AARCH64, RISCV64
 NOT_DECLARED = "a 'aarch64-linux' with features {} is required to build"
 # `id -un` prints nixbld only inside the sandbox (outside, the build user is nixbldN).
 SCRIPT = "uname -m > $out; id -un >> $out"

@@ -20,7 +20,7 @@ import pytest
 from nixtest import BuildResult, NixClient, NixDaemon
 from test_infra import AARCH64_LINE, RISCV64_LINE, SCRIPT
 
-from tests.private_binfmt import PrivateBinfmt
+from tests.support.kernel import PrivateBinfmt
 from tests.support.parts import REPO
 from tests.support.waiting import until
 

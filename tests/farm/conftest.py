@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.packaging.test_ansible import ansible_venv  # noqa: F401  (a fixture, reused)
-from tests.system.hostguard import host_kept
+from tests.support.hostguard import host_kept
 
 FARM_PREFIX = "binfmtd-test-farm-"  # the farm registers nothing on the host: its sentinel only
 

@@ -9,8 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import binfmt_line
-from tests.private_binfmt import PrivateBinfmt
+from tests.support.kernel import PrivateBinfmt, binfmt_line
 from tests.support.parts import require
 
 AARCH64_INTERPRETER = "/usr/libexec/qemu-binfmt/aarch64-binfmt-P"

@@ -1,6 +1,6 @@
 """`binfmtd register`, `unregister` and `doctor` on the real kernel's binfmt_misc.
 
-binfmtd runs inside a private namespace (tests/private_binfmt.py), as it would on a
+binfmtd runs inside a private namespace (tests/support/kernel.py), as it would on a
 machine: doctor runs each generated program there, under the handler it registered.
 """
 
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import binfmt_line
-from tests.private_binfmt import PrivateBinfmt
+from tests.support.kernel import PrivateBinfmt, binfmt_line
 from tests.support.parts import require
 
 PREFIX = "binfmtd-test-reg-"

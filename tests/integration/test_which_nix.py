@@ -1,7 +1,7 @@
 """Nix where the upstream installer puts it: only under /nix/var/nix/profiles/default/bin,
 on nobody's PATH. binfmtd finds it there, asks it, and names it.
 
-Run in a private namespace (tests/private_binfmt.py) whose /nix/var/nix/profiles is a
+Run in a private namespace (tests/support/kernel.py) whose /nix/var/nix/profiles is a
 tmpfs holding that layout, so the host's own profiles are neither read nor changed.
 """
 
@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tests.private_binfmt import PrivateBinfmt
+from tests.support.kernel import PrivateBinfmt
 from tests.support.parts import require
 
 PROFILE_BIN = "/nix/var/nix/profiles/default/bin"

@@ -2,12 +2,12 @@
 
 The .deb is installed into the cached Debian 12 tree (tests/matrix/generations.py's
 BOOKWORM, the tree of the matrix, system and farm tiers too), through an overlay
-that exists only in the test's private namespace (tests/private_binfmt.py): its writes go
+that exists only in the test's private namespace (tests/support/kernel.py): its writes go
 to a tmpfs, its binfmt_misc is the namespace's own, and all of it ends with the namespace.
 Nothing is installed on the host, so no policy-rc.d is needed here and no binfmtd.service
 can start on it. The Ansible role runs in such a namespace too. After every test of the
 tier the host's /etc/nix, its binfmt_misc (with a sentinel handler as the positive
-control, tests/system/hostguard.py) and dpkg's record of binfmtd are as they were.
+control, tests/support/hostguard.py) and dpkg's record of binfmtd are as they were.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import pytest
 from tests.booted import Unavailable
 from tests.booted import debian_tree as cached_debian_tree
 from tests.matrix.generations import BOOKWORM
-from tests.private_binfmt import PrivateBinfmt
+from tests.support.hostguard import host_kept
+from tests.support.kernel import PrivateBinfmt
 from tests.support.parts import require
-from tests.system.hostguard import host_kept
 
 TREE_ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=/root")
 

@@ -1,6 +1,6 @@
 """packaging/ansible: the binfmtd role, run by real ansible-core (from PyPI) on localhost.
 
-ansible-playbook runs in a private namespace (tests/private_binfmt.py) whose binfmt_misc
+ansible-playbook runs in a private namespace (tests/support/kernel.py) whose binfmt_misc
 is a real kernel instance of its own, holding only the handlers the test registers (sparc64
 and m68k); config.toml and nix.conf are in a temporary folder. The host's binfmt_misc and
 /etc/nix are neither read nor changed (tests/packaging/conftest.py checks). It proves the
@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROC_BINFMT, binfmt_line
-from tests.private_binfmt import PrivateBinfmt
+from tests.support.kernel import BINFMT_MISC, PrivateBinfmt, binfmt_line
 from tests.support.parts import REPO, require
 
 ANSIBLE_DIR = REPO / "packaging" / "ansible"
@@ -191,7 +190,7 @@ def ansible(ansible_venv: Path, tmp_path: Path, real_binfmt: PrivateBinfmt) -> A
         "binfmtd_manage_service": False,  # no systemd here; the service is tests/system's
         "binfmtd_config_path": str(tmp_path / "etc" / "binfmtd" / "config.toml"),
         "binfmtd_nix_conf": str(tmp_path / "nix" / "nix.conf"),
-        "binfmtd_binfmt_misc": str(PROC_BINFMT),
+        "binfmtd_binfmt_misc": BINFMT_MISC,
         "binfmtd_restart": False,
     }, real_binfmt)
 

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEBIAN_AARCH64_MAGIC, PROC_BINFMT, binfmt_line
 from tests.e2e.nixtest import NixDaemon
 from tests.packaging.test_ansible import Ansible, ansible_venv, binfmtd_command
-from tests.private_binfmt import PrivateBinfmt
+from tests.support.kernel import BINFMT_MISC, DEBIAN_AARCH64_MAGIC, PrivateBinfmt, binfmt_line
 from tests.support.parts import require
 
 __all__ = ["ansible_venv"]  # the session fixture, shared with test_ansible.py
@@ -71,7 +70,7 @@ def farm(ansible_venv: Path, tmp_path: Path,
         "binfmtd_manage_service": False,
         "binfmtd_config_path": str(tmp_path / "etc" / "binfmtd" / "config.toml"),
         "binfmtd_nix_conf": str(daemon.conf_path),
-        "binfmtd_binfmt_misc": str(PROC_BINFMT),
+        "binfmtd_binfmt_misc": BINFMT_MISC,
         "binfmtd_restart": daemon.restart_command,
         "binfmtd_restart_interval_seconds": 0.1,
         "include_binfmtd": True,

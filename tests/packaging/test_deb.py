@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from binfmtd.config import Config, parse_config
-from tests.conftest import binfmt_line
 from tests.packaging.conftest import DebianTree
+from tests.support.kernel import binfmt_line
 from tests.support.parts import DATA, project_version
 
 if sys.version_info >= (3, 11):

@@ -15,6 +15,7 @@ from typing import Callable, NoReturn, Optional, TypeVar
 import pytest
 
 from tests.booted import BootFailed, Machine, boot
+from tests.support.kernel import LOONGARCH64_MAGIC, LOONGARCH64_MASK, binfmt_line
 from tests.support.parts import require
 from tests.support.waiting import until
 
@@ -61,11 +62,7 @@ NIX_CONF = "/etc/nix/nix.conf"
 TEST_ENTRY = "binfmtd-service-loongarch64"
 PLATFORM = "loongarch64-linux"
 INTERPRETER = f"/opt/{TEST_ENTRY}/qemu-loongarch64"
-LOONGARCH64_MAGIC_MASK = (
-    r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x02\x01:"
-    r"\xff\xff\xff\xff\xff\xff\xff\xfc\x00\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
-)
-LOONGARCH64_LINE = f":{TEST_ENTRY}:M::{LOONGARCH64_MAGIC_MASK}:{INTERPRETER}:OP"
+LOONGARCH64_LINE = binfmt_line(TEST_ENTRY, INTERPRETER, "OP", LOONGARCH64_MAGIC, LOONGARCH64_MASK)
 # The default allows one nix-daemon restart per 10 s; the test's second change follows
 # its first within a second, and waiting 10 s would prove nothing more. (binfmtd still
 # keeps 3.3 s between restarts: systemd's start limit for nix-daemon.service.)

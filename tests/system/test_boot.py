@@ -15,8 +15,8 @@ from pathlib import Path
 from machine import booted, handler, install_binfmtd, managed_platforms, sandbox_paths, wait_for
 
 from tests.booted import Machine
+from tests.support.kernel import BINFMT_MISC, LOONGARCH64_MAGIC, LOONGARCH64_MASK, binfmt_line
 
-BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
 HELLO = b"hello from aarch64\n"
 HELLO_PATH = "/usr/local/bin/hello-aarch64"
 # execv directly: env and shells fall back to running the file as a shell script.
@@ -25,11 +25,7 @@ EXEC_DIRECTLY = "import os, sys; os.execv(sys.argv[1], sys.argv[1:])"
 # so that neither its name nor its sandbox path can come from Debian's /usr/lib/binfmt.d.
 BOOT_ENTRY = "binfmtd-boot-loongarch64"
 BOOT_INTERPRETER = "/usr/bin/qemu-loongarch64-static"
-BOOT_LINE = (
-    rf":{BOOT_ENTRY}:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
-    r"\x02\x00\x02\x01:\xff\xff\xff\xff\xff\xff\xff\xfc\x00\xff\xff\xff\xff\xff\xff\xff"
-    rf"\xfe\xff\xff\xff:{BOOT_INTERPRETER}:OP"
-)
+BOOT_LINE = binfmt_line(BOOT_ENTRY, BOOT_INTERPRETER, "OP", LOONGARCH64_MAGIC, LOONGARCH64_MASK)
 # What `systemctl enable proc-sys-fs-binfmt_misc.mount` would do (its WantedBy=).
 WANT_MOUNT = "[Unit]\nWants=proc-sys-fs-binfmt_misc.mount\n"
 

@@ -53,20 +53,17 @@ from tests.e2e.nixtest import (  # DAEMON_CONF: sandbox = true, sandbox-fallback
     busybox_path,
     derivation_args,
 )
+from tests.support.kernel import QEMU_BINFMT, RISCV64_MAGIC, binfmt_line
 from tests.support.parts import require
 from tests.support.waiting import until
 
 # Debian's qemu-user-static line for aarch64 with flag F only: the kernel keeps the emulator
 # it opened at registration, so the sandbox needs no path for it.
-ELF64_LE = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00"
-MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
-QEMU = "/usr/libexec/qemu-binfmt"
-AARCH64 = ("binfmtd-load-aarch64",
-           rf"{ELF64_LE}\xb7\x00:{MASK}:{QEMU}/aarch64-binfmt-P")
+AARCH64 = binfmt_line("binfmtd-load-aarch64", f"{QEMU_BINFMT}/aarch64-binfmt-P", "F")
 # The handler that comes and goes, without F: its interpreter is the test's own path.
 FLIPPED_ENTRY = "binfmtd-load-riscv64"
 FLIPPED_PATH = f"/opt/{FLIPPED_ENTRY}/qemu-riscv64"
-FLIPPED = rf":{FLIPPED_ENTRY}:M::{ELF64_LE}\xf3\x00:{MASK}:{FLIPPED_PATH}:OP"
+FLIPPED = binfmt_line(FLIPPED_ENTRY, FLIPPED_PATH, "OP", magic=RISCV64_MAGIC)
 
 RESTARTS = 50
 # Four client loops at once, so that each restart meets clients in every phase: connecting,
@@ -128,11 +125,6 @@ class Restart:
 
 def classify(error: str) -> str:
     return next((cause for cause, words in CAUSES if any(w in error for w in words)), "other")
-
-
-def line(entry: str, rest: str) -> str:
-    """A line with flag F only (AARCH64's): the sandbox needs no path for its emulator."""
-    return f":{entry}:M::{rest}:F"
 
 
 def build(machine: Machine, script: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -296,7 +288,7 @@ def test_builds_survive_50_nix_daemon_restarts(
     binfmt_machine: Machine, debian_package: Path
 ) -> None:
     machine = binfmt_machine
-    machine.register(line(*AARCH64))
+    machine.register(AARCH64)
     prepare(machine, debian_package, start_limit=False)
     check_sandbox(machine)
     events_before = restart_events(machine)
@@ -340,7 +332,7 @@ def test_quick_restarts_keep_the_nix_daemon_as_shipped_serving(
     and every client got "Connection refused"; binfmtd now reads the limit and spaces its
     restarts to stay under it."""
     machine = binfmt_machine
-    machine.register(line(*AARCH64))
+    machine.register(AARCH64)
     prepare(machine, debian_package, start_limit=True)
     seen = sum(restart_events(machine).values())
     for _ in range(3):

@@ -27,7 +27,9 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
+from tests.support import kernel
+
+BINFMT_MISC = Path(kernel.BINFMT_MISC)
 HOST_NIX = Path("/etc/nix")
 TEST_PREFIX = "binfmtd-test-"
 
@@ -56,14 +58,8 @@ def unregister_host(name: str) -> None:
 
 def register_host(line: str) -> str:
     """Write one line to the host's register file in one write(2); return the name."""
-    name = line.split(":")[1]
-    unregister_host(name)  # left over by an interrupted run
-    fd = os.open(BINFMT_MISC / "register", os.O_WRONLY)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
-    return name
+    unregister_host(kernel.entry_name(line))  # left over by an interrupted run
+    return kernel.register_line(BINFMT_MISC, line)
 
 
 def nix_files() -> dict[str, str] | None:

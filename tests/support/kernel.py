@@ -16,12 +16,17 @@ From the host, `binfmt_misc` (/proc/PID/root/proc/sys/fs/binfmt_misc) reads, reg
 and removes entries, and inotify on it sees every change. `argv(cmd)` runs a command
 inside. `stop()` ends the first process: the kernel then kills every process of the PID
 namespace (nix-daemon, its workers, their builds) and `stop()` waits for that.
+
+Also here: the binfmt_misc lines the tests register (`binfmt_line()`, Debian's magic and
+mask), and `register_line()`, the one way a test registers a line: one write(2), as
+systemd-binfmt does. A booted container runs the same function inside (`REGISTER_PROGRAM`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import inspect
 import os
 import select
 import signal
@@ -40,6 +45,69 @@ BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
 NIX_VAR = "/nix/var/nix"
 SOCKET_DIR = NIX_VAR + "/daemon-socket"
 IDENTITY_MAP = "0 0 4294967295\n"
+
+# --- binfmt_misc lines ------------------------------------------------------------------
+
+QEMU_BINFMT = "/usr/libexec/qemu-binfmt"  # Debian's qemu-user-static interpreters
+# Debian 12's qemu-user-static line for aarch64, as systemd-binfmt writes it.
+DEBIAN_AARCH64_MAGIC = (
+    r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00"
+)
+DEBIAN_AARCH64_MASK = (
+    r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
+)
+# Its riscv64 line shares the mask; s390x is big-endian; loongarch64 masks a flag bit.
+RISCV64_MAGIC = DEBIAN_AARCH64_MAGIC.replace(r"\xb7\x00", r"\xf3\x00")
+S390X_MAGIC = r"\x7f\x45\x4c\x46\x02\x02\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x16"
+S390X_MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff"
+LOONGARCH64_MAGIC = (
+    r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x02\x01"
+)
+LOONGARCH64_MASK = (
+    r"\xff\xff\xff\xff\xff\xff\xff\xfc\x00\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
+)
+
+
+def binfmt_line(name: str, interpreter: str, flags: str = "OPF",
+                magic: str = DEBIAN_AARCH64_MAGIC, mask: str = DEBIAN_AARCH64_MASK) -> str:
+    """A magic-type binfmt_misc line (by default Debian's aarch64 magic and mask)."""
+    return f":{name}:M::{magic}:{mask}:{interpreter}:{flags}"
+
+
+# Debian's qemu-user-static lines under test names (any test's own binfmt_misc only).
+AARCH64 = binfmt_line("binfmtd-test-aarch64", f"{QEMU_BINFMT}/aarch64-binfmt-P")
+RISCV64 = binfmt_line("binfmtd-test-riscv64", f"{QEMU_BINFMT}/riscv64-binfmt-P",
+                      magic=RISCV64_MAGIC)
+S390X = binfmt_line("binfmtd-test-s390x", f"{QEMU_BINFMT}/s390x-binfmt-P",
+                    magic=S390X_MAGIC, mask=S390X_MASK)
+
+
+def entry_name(line: str) -> str:
+    """The name a binfmt_misc line registers (its first field; the first byte delimits)."""
+    return line.split(line[0])[1]
+
+
+def write_once(path: str, text: str) -> None:
+    """Write `text` to `path` in one write(2): binfmt_misc takes each write as one line."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def register_line(folder: os.PathLike[str] | str, line: str) -> str:
+    """Register `line` in the binfmt_misc mounted at `folder`, in one write, as
+    systemd-binfmt does; return the entry's name."""
+    write_once(os.path.join(folder, "register"), line)
+    return entry_name(line)
+
+
+# The same write run by a python3 elsewhere (a booted container, whose own binfmt_misc only
+# its own processes reach, and whose view of the interpreter the F flag opens):
+# `python3 -c REGISTER_PROGRAM FOLDER LINE`.
+REGISTER_PROGRAM = (f"import os, sys\n{inspect.getsource(write_once)}\n"
+                    "write_once(os.path.join(sys.argv[1], 'register'), sys.argv[2])\n")
 
 
 class NamespaceError(RuntimeError):
@@ -125,14 +193,8 @@ class PrivateBinfmt:
 
         `folder`: another mount of this instance (the usual one may be unmounted)."""
         folder = folder or self.binfmt_misc
-        name = line.split(line[0])[1]
-        self.unregister(name, folder)
-        fd = os.open(folder / "register", os.O_WRONLY)
-        try:
-            os.write(fd, line.encode())  # one write per line, as systemd-binfmt does
-        finally:
-            os.close(fd)
-        return name
+        self.unregister(entry_name(line), folder)
+        return register_line(folder, line)
 
     def flush(self) -> None:
         """Remove every entry at once, as systemd-binfmt does before registering anew."""
