@@ -77,11 +77,11 @@ _tree_builder: list[subprocess.Popen[bytes]] = []
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """On a fresh machine the booted tiers' trees take minutes of debootstrap: start
-    building the ones this run needs at once (tests/matrix/generations.py), so that they
+    building the ones this run needs at once (tests/support/debian.py), so that they
     overlap the tiers that need none. A test that needs a tree still asks for it (the
     tree's lock makes it wait for this build, or build it itself if this one failed)."""
-    from tests.booted import is_built
-    from tests.matrix.generations import GENERATIONS
+    from tests.support.containers import is_built
+    from tests.support.debian import GENERATIONS
 
     tiers = {Path(item.fspath).relative_to(REPO).parts[1] for item in session.items
              if Path(item.fspath).is_relative_to(REPO / "tests")}
@@ -90,7 +90,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                      if g.suite in suites and not is_built(g.suite, g.packages))
     if missing and os.geteuid() == 0 and not session.config.option.collectonly:
         _tree_builder.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.matrix.generations", *missing], cwd=REPO,
+            [sys.executable, "-m", "tests.support.debian", *missing], cwd=REPO,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
 
 

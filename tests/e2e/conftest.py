@@ -14,18 +14,17 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from builders import FetchError, static_busybox
-from nixtest import BuildResult, NixClient, NixDaemon
 
+from tests.e2e.builds import Build, Busybox, Register, Timed
+from tests.support import debian
 from tests.support.kernel import PrivateBinfmt
+from tests.support.nix import NixClient, NixDaemon
 from tests.support.parts import require
 
-Timed = Callable[[str], AbstractContextManager[None]]
 _timings: list[tuple[str, str, float]] = []
 
 
@@ -52,15 +51,9 @@ def timed(request: pytest.FixtureRequest) -> Timed:
 
 
 @pytest.fixture(scope="session")
-def busybox() -> Callable[[str], Path]:
+def busybox() -> Busybox:
     """busybox("arm64") -> path of Debian's static busybox for that architecture."""
-    def get(arch: str) -> Path:
-        try:
-            return static_busybox(arch)
-        except FetchError as e:
-            require(False, f"cannot fetch busybox-static for {arch}: {e}")
-            raise
-    return get
+    return debian.busybox
 
 
 @pytest.fixture
@@ -98,13 +91,13 @@ def nix_client(nix_daemon: NixDaemon, real_binfmt: PrivateBinfmt) -> Iterator[Ni
 
 
 @pytest.fixture
-def nix_build(nix_client: NixClient) -> Callable[[str, Path, str], BuildResult]:
+def nix_build(nix_client: NixClient) -> Build:
     """nix_build(system, busybox, script) -> BuildResult(returncode, stdout, stderr, output)."""
     return nix_client.build
 
 
 @pytest.fixture
-def register_handler(real_binfmt: PrivateBinfmt) -> Callable[[str, str], Path]:
+def register_handler(real_binfmt: PrivateBinfmt) -> Register:
     """register_handler(name, line) registers `line` in the test's private binfmt_misc and
     returns the entry's path (as the host reaches it)."""
     def register(name: str, line: str) -> Path:

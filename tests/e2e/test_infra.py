@@ -8,26 +8,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import uuid
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from nixtest import SOCKET, BuildResult, NixDaemon
 
+from tests.e2e.builds import SCRIPT, Build, Busybox, Register, Timed, built
 from tests.support.kernel import AARCH64, RISCV64, PrivateBinfmt
+from tests.support.nix import SOCKET, NixDaemon, not_declared
 from tests.support.waiting import until
-
-# Debian's qemu-user-static lines (/usr/lib/binfmt.d), under test names.
-AARCH64_LINE, RISCV64_LINE = AARCH64, RISCV64
-NOT_DECLARED = "a 'aarch64-linux' with features {} is required to build"
-# `id -un` prints nixbld only inside the sandbox (outside, the build user is nixbldN).
-SCRIPT = "uname -m > $out; id -un >> $out"
-
-Build = Callable[[str, Path, str], BuildResult]
-Busybox = Callable[[str], Path]
-Register = Callable[[str, str], Path]
-Timed = Callable[[str], AbstractContextManager[None]]
 
 
 def test_undeclared_platform_fails(nix_daemon: NixDaemon, nix_build: Build, busybox: Busybox,
@@ -35,17 +23,17 @@ def test_undeclared_platform_fails(nix_daemon: NixDaemon, nix_build: Build, busy
     with timed("fetch arm64 busybox (cached after the first run)"):
         builder = busybox("arm64")
     with timed("register binfmtd-test-aarch64"):
-        entry = register_handler("binfmtd-test-aarch64", AARCH64_LINE)
+        entry = register_handler("binfmtd-test-aarch64", AARCH64)
     assert entry.read_text().startswith("enabled\n")
     with timed("aarch64-linux build, platform not declared"):
         result = nix_build("aarch64-linux", builder, SCRIPT)
     assert result.returncode != 0, result
-    assert NOT_DECLARED in result.stderr, result.stderr
+    assert not_declared("aarch64-linux") in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("system, arch, name, line", [
-    ("aarch64-linux", "arm64", "binfmtd-test-aarch64", AARCH64_LINE),
-    ("riscv64-linux", "riscv64", "binfmtd-test-riscv64", RISCV64_LINE),
+    ("aarch64-linux", "arm64", "binfmtd-test-aarch64", AARCH64),
+    ("riscv64-linux", "riscv64", "binfmtd-test-riscv64", RISCV64),
 ], ids=["aarch64", "riscv64"])
 def test_declared_platform_builds(nix_daemon: NixDaemon, nix_build: Build, busybox: Busybox,
                                   register_handler: Register, timed: Timed,
@@ -61,9 +49,7 @@ def test_declared_platform_builds(nix_daemon: NixDaemon, nix_build: Build, busyb
     assert nix_daemon.pid != old_pid
     with timed(f"{system} build, platform declared"):
         result = nix_build(system, builder, SCRIPT)
-    assert result.returncode == 0, result.stderr
-    assert result.output is not None
-    assert result.output.split() == [system.split("-")[0], "nixbld"], result
+    built(result, system)
 
 
 def test_restart_script_restarts_the_same_daemon(nix_daemon: NixDaemon, timed: Timed,
@@ -100,7 +86,7 @@ def test_a_handler_registered_inside_runs_inside_only(
     """The private binfmt_misc runs a foreign program inside; the host lists no such entry."""
     builder = busybox("arm64")
     name = f"binfmtd-test-{uuid.uuid4().hex[:12]}"  # a name nothing on the host can have
-    register_handler(name, AARCH64_LINE.replace("binfmtd-test-aarch64", name))
+    register_handler(name, AARCH64.replace("binfmtd-test-aarch64", name))
     ran = real_binfmt.run([str(builder), "uname", "-m"])
     assert (ran.returncode, ran.stdout) == (0, "aarch64\n"), ran.stderr
     assert real_binfmt.entries() == [name]

@@ -12,26 +12,15 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from nixtest import BuildResult, NixClient, NixDaemon
-from test_infra import AARCH64_LINE, RISCV64_LINE, SCRIPT
 
-from tests.support.kernel import PrivateBinfmt
+from tests.e2e.builds import SCRIPT, Build, Busybox, Register, Timed
+from tests.support.kernel import AARCH64, RISCV64, PrivateBinfmt
+from tests.support.nix import NixClient, NixDaemon, not_declared
 from tests.support.parts import REPO
 from tests.support.waiting import until
-
-Build = Callable[[str, Path, str], BuildResult]
-Busybox = Callable[[str], Path]
-Register = Callable[[str, str], Path]
-Timed = Callable[[str], AbstractContextManager[None]]
-
-
-def not_declared(system: str) -> str:
-    return f"a '{system}' with features {{}} is required to build"
 
 
 class Binfmtd:
@@ -91,7 +80,7 @@ def test_aarch64_build_fails_before_binfmtd_and_works_after_sync(
     binfmtd: Binfmtd, timed: Timed,
 ) -> None:
     builder = busybox("arm64")
-    register_handler("binfmtd-test-aarch64", AARCH64_LINE)
+    register_handler("binfmtd-test-aarch64", AARCH64)
     with timed("build before binfmtd"):
         before = nix_build("aarch64-linux", builder, SCRIPT)
     assert before.returncode != 0 and not_declared("aarch64-linux") in before.stderr
@@ -133,7 +122,7 @@ def test_the_daemon_follows_registrations(
     assert not_declared("riscv64-linux") in refused.stderr, refused.stderr
     restarts = running_binfmtd.events("nixdaemon.restarted")
     with timed("register riscv64 -> nix-daemon restarted"):
-        entry = register_handler("binfmtd-test-riscv64", RISCV64_LINE)
+        entry = register_handler("binfmtd-test-riscv64", RISCV64)
         running_binfmtd.wait_for("nixdaemon.restarted", restarts + 1)
     works = nix_build("riscv64-linux", builder, SCRIPT)
     assert works.returncode == 0, works.stderr
@@ -160,7 +149,7 @@ def test_registrations_the_sandbox_cannot_see_by_itself(
     nix_daemon: NixDaemon, nix_build: Build, busybox: Busybox, register_handler: Register,
     binfmtd: Binfmtd, timed: Timed, name: str, interpreter: str,
 ) -> None:
-    line = AARCH64_LINE.replace("binfmtd-test-aarch64", name).replace(
+    line = AARCH64.replace("binfmtd-test-aarch64", name).replace(
         "/usr/libexec/qemu-binfmt/aarch64-binfmt-P", interpreter).replace(":OPF", ":OP")
     register_handler(name, line)
     builder = busybox("arm64")
@@ -199,7 +188,7 @@ def test_other_distributions_registrations_build(
     binfmtd: Binfmtd, interpreter: str, flags: str,
 ) -> None:
     name = "binfmtd-test-qemu-aarch64"  # the private instance: Fedora's name would do too
-    line = AARCH64_LINE.replace("binfmtd-test-aarch64", name).replace(
+    line = AARCH64.replace("binfmtd-test-aarch64", name).replace(
         "/usr/libexec/qemu-binfmt/aarch64-binfmt-P", interpreter).replace(":OPF", f":{flags}")
     builder = busybox("arm64")
     register_handler(name, line)
@@ -216,7 +205,7 @@ def test_a_build_in_flight_survives_the_restart(
     binfmtd: Binfmtd, timed: Timed,
 ) -> None:
     builder = busybox("arm64")
-    register_handler("binfmtd-test-aarch64", AARCH64_LINE)
+    register_handler("binfmtd-test-aarch64", AARCH64)
     gate = nix_client.state / "gate"  # the build ends once the test creates gate/open
     gate.mkdir()
     with open(nix_daemon.conf_path, "a") as conf:
@@ -227,7 +216,7 @@ def test_a_build_in_flight_survives_the_restart(
     with timed("aarch64 build with a nix-daemon restart in the middle"):
         assert until(lambda: "build-started" in build.log() or not build.running(), 60)
         assert build.running(), build.log()
-        register_handler("binfmtd-test-riscv64", RISCV64_LINE)
+        register_handler("binfmtd-test-riscv64", RISCV64)
         old_pid = nix_daemon.pid
         assert binfmtd("sync").returncode == 0  # a change: restarts nix-daemon
         assert nix_daemon.pid != old_pid

@@ -1,7 +1,7 @@
 """A small build farm: one binfmtd builder, one Nix client, the role keeping them in step.
 
-Two booted Debian 12 containers (tests/booted.py: each with a private, empty binfmt_misc)
-share one network namespace the test creates (`ip netns add`; nspawn's
+Two booted Debian 12 containers (tests/support/containers.py: each with a private, empty
+binfmt_misc) share one network namespace the test creates (`ip netns add`; nspawn's
 --network-namespace-path), with the builder at 10.77.0.1 and the client at 10.77.0.2 on a
 loopback inside it: no traffic leaves that namespace. ansible-playbook runs on the host
 inside the same namespace (`ip netns exec`) and reaches both sshd's with a key the test
@@ -34,19 +34,17 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.booted import Machine, Unavailable, boot, debian_tree
-from tests.e2e.nixtest import (  # DAEMON_CONF: sandbox = true, sandbox-fallback = false
+from tests.packaging.test_ansible import ROLES
+from tests.support.containers import Machine, boot, require_nspawn
+from tests.support.debian import BOOKWORM, cached_busybox, required_tree
+from tests.support.nix import (  # DAEMON_CONF: sandbox = true, sandbox-fallback = false
     DAEMON_CONF,
     DERIVATION_FILE,
     derivation_args,
     lay_out_builds,
 )
-from tests.matrix.generations import BOOKWORM
-from tests.packaging.test_ansible import ROLES
 from tests.support.parts import require
 
-BUSYBOX = Path("/var/cache/binfmtd-tests/busybox")  # {arm64,riscv64}/busybox, static
-PACKAGES = BOOKWORM.packages  # the matrix's bookworm tree: systemd, Nix, qemu, sshd
 BUILDER_IP, CLIENT_IP = "10.77.0.1", "10.77.0.2"
 USER = "alice"
 WORK = f"/home/{USER}/farm"  # the client's: what alice builds, and its builders
@@ -159,26 +157,20 @@ def _setup_client(client: Machine) -> str:
 @pytest.fixture(scope="module")
 def farm(netns: str, debian_package: Path, ansible_venv: Path,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    require(shutil.which("systemd-nspawn") is not None,
-            "systemd-nspawn not found (apt-get install systemd-container)")
+    require_nspawn()
     require(shutil.which("ssh") is not None, "ssh not found (apt-get install openssh-client)")
     for arch in SYSTEMS.values():
-        require((BUSYBOX / arch / "busybox").is_file(),
-                f"{BUSYBOX / arch / 'busybox'} is missing (the e2e tier's cache fetches it)")
+        require(cached_busybox(arch).is_file(),
+                f"{cached_busybox(arch)} is missing (the e2e tier's cache fetches it)")
     start = time.monotonic()
-    try:
-        tree = debian_tree("bookworm", PACKAGES)
-    except Unavailable as error:
-        require(False, f"no bookworm tree: {error}")
-        raise
+    tree = required_tree(BOOKWORM)  # the matrix's bookworm tree: systemd, Nix, qemu, sshd
     print(f"\ntiming: farm tree {time.monotonic() - start:.1f} s", flush=True)
     tmp = tmp_path_factory.mktemp("farm")
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ansible",
                     "-f", str(tmp / "ansible_key")], check=True)
     ansible_pub = (tmp / "ansible_key.pub").read_text()
     path = f"/run/netns/{netns}"
-    binds = {str(BUSYBOX / arch / "busybox"): f"/opt/busybox-{arch}"
-             for arch in SYSTEMS.values()}
+    binds = {str(cached_busybox(arch)): f"/opt/busybox-{arch}" for arch in SYSTEMS.values()}
     with boot(tree, binds_ro={str(debian_package): "/opt/binfmtd.deb"}, network_namespace=path,
               name="binfmtd-farm-builder") as builder, \
             boot(tree, binds_ro=binds, network_namespace=path,

@@ -1,7 +1,7 @@
 """binfmtd as a user meets it: the project's .deb in booted Debian 12, 13 and sid, under
 three Nix layouts, with a real registration of the tree's own qemu line, with F and without.
 
-Each cell boots its generation's cached tree once (tests/booted.py: systemd in a user
+Each cell boots its generation's cached tree once (tests/support/containers.py: systemd in a user
 namespace of its own, so the container has a private, empty binfmt_misc and nothing here
 reads or changes the host's), lays Nix out as an installer would, installs the .deb with
 `dpkg -i` (the service starts by itself), and then, for F and for no F:
@@ -23,9 +23,7 @@ nix-daemon.service pointing there, nothing of Nix on PATH); `determinate` (nix.c
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,16 +31,16 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from tests.booted import Machine, Unavailable, boot, debian_tree
-from tests.e2e.nixtest import (  # DAEMON_CONF: sandbox = true, sandbox-fallback = false
+from tests.support.containers import Machine, boot, require_nspawn
+from tests.support.debian import GENERATIONS, Generation, cached_busybox, required_tree
+from tests.support.nix import (  # DAEMON_CONF: sandbox = true, sandbox-fallback = false
     DAEMON_CONF,
     derivation_args,
     lay_out_builds,
 )
-from tests.matrix.generations import GENERATIONS, Generation
 from tests.support.parts import require
 
-BUSYBOX = Path("/var/cache/binfmtd-tests/busybox/arm64/busybox")  # Debian's static arm64 one
+BUSYBOX = cached_busybox("arm64")  # Debian's static arm64 one
 SYSTEM = "aarch64-linux"
 PROFILE_BIN = "/nix/var/nix/profiles/default/bin"  # the upstream installer's
 USER = "alice"
@@ -67,7 +65,7 @@ class Cell(NamedTuple):
     machine: Machine
     line: str  # the tree's own qemu-aarch64 binfmt.d line
     conf: str  # the file binfmtd writes its block to
-    derivation: str  # what the user builds (tests/e2e/nixtest.py's), in the user's home
+    derivation: str  # what the user builds (tests/support/nix.py's), in the user's home
 
 
 CELLS = [(generation, layout) for generation in GENERATIONS for layout in LAYOUTS]
@@ -82,17 +80,10 @@ def _timed(label: str, start: float) -> None:
 
 
 def _tree(generation: Generation) -> Path:
-    require(os.geteuid() == 0, "booting a Debian tree needs root")
-    for tool, package in (("systemd-nspawn", "systemd-container"),
-                          ("debootstrap", "debootstrap"), ("nsenter", "util-linux")):
-        require(shutil.which(tool) is not None, f"{tool} not found (apt-get install {package})")
+    require_nspawn()
     require(BUSYBOX.is_file(), f"{BUSYBOX} is missing (the e2e tier's cache fetches it)")
     start = time.monotonic()
-    try:
-        tree = debian_tree(generation.suite, generation.packages)
-    except Unavailable as error:
-        require(False, f"no {generation.suite} tree: {error}")
-        raise
+    tree = required_tree(generation)
     _timed(f"{generation.suite} tree", start)
     return tree
 

@@ -1,6 +1,6 @@
 """The packaging tier leaves this host as it found it, by construction and by check.
 
-The .deb is installed into the cached Debian 12 tree (tests/matrix/generations.py's
+The .deb is installed into the cached Debian 12 tree (tests/support/debian.py's
 BOOKWORM, the tree of the matrix, system and farm tiers too), through an overlay
 that exists only in the test's private namespace (tests/support/kernel.py): its writes go
 to a tmpfs, its binfmt_misc is the namespace's own, and all of it ends with the namespace.
@@ -20,11 +20,9 @@ from typing import Optional
 
 import pytest
 
-from tests.booted import Unavailable
-from tests.booted import debian_tree as cached_debian_tree
-from tests.matrix.generations import BOOKWORM
+from tests.support.debian import BOOKWORM, required_tree
 from tests.support.hostguard import host_kept
-from tests.support.kernel import PrivateBinfmt
+from tests.support.kernel import BINFMT_MISC, PrivateBinfmt
 from tests.support.parts import require
 
 TREE_ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=/root")
@@ -41,7 +39,7 @@ def dpkg_status(package: str) -> Optional[str]:
 @pytest.fixture(autouse=True)
 def host_untouched() -> Iterator[None]:
     """Fail a test after which the host's /etc/nix, binfmt_misc or dpkg record differ."""
-    require(Path("/proc/sys/fs/binfmt_misc").is_dir(), "this kernel has no binfmt_misc")
+    require(Path(BINFMT_MISC).is_dir(), "this kernel has no binfmt_misc")
     before = dpkg_status("binfmtd")
     with host_kept("binfmtd-test-packaging-"):
         yield
@@ -121,11 +119,8 @@ def debian_tree(real_binfmt: PrivateBinfmt, tmp_path: Path) -> DebianTree:
     when the namespace ends, its mounts and the tmpfs with every write go with it.
     """
     require(Path("/etc/debian_version").exists(), "the Debian tree is built on Debian only")
-    try:
-        tree = cached_debian_tree(BOOKWORM.suite, BOOKWORM.packages)
-    except Unavailable as err:
-        require(False, f"cannot build the Debian tree: {err}")
+    cached = required_tree(BOOKWORM)
     scratch = tmp_path / "debian-tree"
     scratch.mkdir()
-    _mount(real_binfmt, tree, scratch)
+    _mount(real_binfmt, cached, scratch)
     return DebianTree(real_binfmt, scratch / "root")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.nixtest import NixDaemon
 from tests.packaging.test_ansible import Ansible, ansible_venv, binfmtd_command
 from tests.support.kernel import BINFMT_MISC, DEBIAN_AARCH64_MAGIC, PrivateBinfmt, binfmt_line
+from tests.support.nix import NixDaemon
 from tests.support.parts import require
 
 __all__ = ["ansible_venv"]  # the session fixture, shared with test_ansible.py

@@ -61,7 +61,7 @@ def deb(debian_package: Path) -> Path:
 @pytest.fixture
 def package(deb: Path, debian_tree: DebianTree) -> DebianTree:
     """A fresh Debian tree with the package installed by `dpkg -i` (its Depends are in
-    the tree: tests/matrix/generations.py)."""
+    the tree: tests/support/debian.py)."""
     assert not installed(debian_tree)
     debian_tree.copy_in(deb, DEB)
     done = debian_tree.run("dpkg", "-i", DEB)

@@ -7,7 +7,8 @@ removes every handler of the host (measured: 29 of Debian's qemu handlers gone a
 poweroff). A host with no handlers would never show that, so the check registers a handler
 of its own first, the sentinel, and fails when it is gone: a positive control for "the
 host's binfmt_misc is as it was". (tests/system needs no guard: its containers boot in a
-user namespace of their own, tests/booted.py, and never see the host's instance.)
+user namespace of their own, tests/support/containers.py, and never see the host's
+instance.)
 
 What is compared: the host's own entries (every name not starting with binfmtd-test-),
 exactly, and the sentinel, whose name carries the test process's pid. Entries named

@@ -21,6 +21,8 @@ else:  # pragma: no cover - Python < 3.11 only
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
 IN_CI = os.environ.get("CI") == "true"
+# What the tests fetch or build once and keep across runs (busybox, the ansible venv).
+CACHE = Path(os.environ.get("BINFMTD_TEST_CACHE", "/var/cache/binfmtd-tests"))
 
 
 def project_version() -> str:

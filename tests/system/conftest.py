@@ -1,4 +1,5 @@
-"""Fixtures for the booted-systemd tests: a cached Debian 12 tree, booted with tests/booted.py.
+"""Fixtures for the booted-systemd tests: a cached Debian 12 tree, booted with
+tests/support/containers.py.
 
 Each container runs systemd in a user namespace of its own, so its binfmt_misc is its own:
 empty once mounted, its registrations invisible to the host, the host's handlers not
@@ -11,49 +12,27 @@ tests silently stopped testing anything, which must turn the run red.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from machine import CONFIG, TIMINGS, booted, install_binfmtd, unavailable
 
-from tests.booted import CommandFailed, Machine, Unavailable, debian_tree, is_built
-from tests.matrix.generations import BOOKWORM
-
-# The matrix's bookworm tree, which has man-db: `systemd-analyze verify` runs
-# `man binfmtd(8)` for the unit's Documentation= and fails without it.
-PACKAGES = BOOKWORM.packages
+from tests.support.containers import Machine, is_built, require_nspawn
+from tests.support.debian import BOOKWORM, required_tree
+from tests.system.machine import CONFIG, TIMINGS, booted, install_binfmtd, own_binfmt_misc
 
 
 @pytest.fixture(scope="session")
 def tree() -> Path:
-    """The cached Debian 12 tree (built on first use, reused while the package set holds)."""
-    if os.geteuid() != 0:
-        unavailable("system tests need root (debootstrap, systemd-nspawn)")
-    for tool, package in (("systemd-nspawn", "systemd-container"),
-                          ("debootstrap", "debootstrap"), ("nsenter", "util-linux")):
-        if shutil.which(tool) is None:
-            unavailable(f"{tool} not found (apt-get install {package})")
-    cached, start = is_built("bookworm", PACKAGES), time.monotonic()
-    try:
-        built = debian_tree("bookworm", PACKAGES)
-    except Unavailable as error:
-        unavailable(f"cannot build the Debian tree: {error}")
+    """The cached Debian 12 tree (built on first use, reused while the package set holds):
+    the matrix's bookworm tree, which has man-db (`systemd-analyze verify` runs
+    `man binfmtd(8)` for the unit's Documentation= and fails without it)."""
+    require_nspawn()
+    cached, start = is_built(BOOKWORM.suite, BOOKWORM.packages), time.monotonic()
+    built = required_tree(BOOKWORM)
     TIMINGS.append(("tree (cached)" if cached else "tree build", time.monotonic() - start))
     return built
-
-
-def own_binfmt_misc(machine: Machine) -> Machine:
-    """Mount the container's private binfmt_misc and check it starts empty."""
-    try:
-        machine.mount_binfmt_misc()
-    except CommandFailed as error:  # a kernel older than 6.7: say so, do not crash
-        unavailable(f"no private binfmt_misc in the container (Linux >= 6.7): {error}")
-    assert machine.binfmt_entries() == [], "the container's binfmt_misc is not its own"
-    return machine
 
 
 @pytest.fixture

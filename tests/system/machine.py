@@ -1,5 +1,5 @@
-"""What the system tests share besides tests/booted.py: booting, timings, installing the .deb,
-and looking at the service, nix.conf and the journal in the container."""
+"""What the system tests share besides tests/support/containers.py: booting, timings,
+installing the .deb, and looking at the service, nix.conf and the journal in the container."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Callable, NoReturn, Optional, TypeVar
 
 import pytest
 
-from tests.booted import BootFailed, Machine, boot
+from tests.support.containers import BootFailed, CommandFailed, Machine, boot
 from tests.support.kernel import LOONGARCH64_MAGIC, LOONGARCH64_MASK, binfmt_line
 from tests.support.parts import require
 from tests.support.waiting import until
@@ -39,6 +39,16 @@ def booted(tree: Path, binds_ro: dict[str, str] | None = None) -> Iterator[Machi
             unavailable(f"systemd-nspawn cannot boot {tree}: {error}")
         TIMINGS.append(("boot", time.monotonic() - start))
         yield machine
+
+
+def own_binfmt_misc(machine: Machine) -> Machine:
+    """Mount the container's private binfmt_misc and check it starts empty."""
+    try:
+        machine.mount_binfmt_misc()
+    except CommandFailed as error:  # a kernel older than 6.7: say so, do not crash
+        unavailable(f"no private binfmt_misc in the container (Linux >= 6.7): {error}")
+    assert machine.binfmt_entries() == [], "the container's binfmt_misc is not its own"
+    return machine
 
 
 def install_binfmtd(machine: Machine, deb: os.PathLike[str]) -> None:

@@ -12,10 +12,16 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from machine import booted, handler, install_binfmtd, managed_platforms, sandbox_paths, wait_for
-
-from tests.booted import Machine
+from tests.support.containers import Machine
 from tests.support.kernel import BINFMT_MISC, LOONGARCH64_MAGIC, LOONGARCH64_MASK, binfmt_line
+from tests.system.machine import (
+    booted,
+    handler,
+    install_binfmtd,
+    managed_platforms,
+    sandbox_paths,
+    wait_for,
+)
 
 HELLO = b"hello from aarch64\n"
 HELLO_PATH = "/usr/local/bin/hello-aarch64"

@@ -2,7 +2,7 @@
 found only beside the unit's ExecStart, PATH before the default profile, a nix-daemon that
 fails to start, and one the admin stopped on purpose.
 
-The container is the system tier's (tests/booted.py): systemd in a user namespace of its
+The container is the system tier's (tests/support/containers.py): systemd in a user namespace of its
 own, binfmt_misc its own, the project's .deb installed and running as a service.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 
-from machine import (
+from tests.support.containers import Machine
+from tests.system.machine import (
     LOONGARCH64_LINE,
     PLATFORM,
     TEST_ENTRY,
@@ -19,8 +20,6 @@ from machine import (
     show,
     wait_for,
 )
-
-from tests.booted import Machine
 
 OWN_FOLDER = "/opt/nix/bin"  # no installer's: only ExecStart says where it is
 PROFILE_BIN = "/nix/var/nix/profiles/default/bin"

@@ -13,9 +13,9 @@ false). Restarts this quick need systemd's start limit lifted (see NO_START_LIMI
 second test shows what the limit as shipped does to them.
 
 Sandbox inside nspawn (systemd 252, Nix 2.8): nix-daemon runs as root of the container's
-own user namespace (tests/booted.py), which leaves Nix its user, mount, PID, network, IPC
-and UTS namespaces nested in it. Each run proves it with one build that reports what it
-sees (hostname, uid, root folder, network links).
+own user namespace (tests/support/containers.py), which leaves Nix its user, mount, PID,
+network, IPC and UTS namespaces nested in it. Each run proves it with one build that
+reports what it sees (hostname, uid, root folder, network links).
 
 The handler that comes and goes has no F flag and a copy of qemu-riscv64 that only this
 test makes as its interpreter, so every flip adds or removes that path in the block's
@@ -35,7 +35,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from machine import (
+
+from tests.support import debian
+from tests.support.containers import Machine
+from tests.support.kernel import QEMU_BINFMT, RISCV64_MAGIC, binfmt_line
+from tests.support.nix import (  # DAEMON_CONF: sandbox = true, sandbox-fallback = false
+    BUSYBOX_DERIVATION,
+    DAEMON_CONF,
+    DERIVATION_FILE,
+    busybox_path,
+    derivation_args,
+)
+from tests.support.waiting import until
+from tests.system.machine import (
     install_binfmtd,
     journal,
     managed_platforms,
@@ -43,19 +55,6 @@ from machine import (
     sandbox_paths,
     wait_for,
 )
-
-from tests.booted import Machine
-from tests.e2e.builders import FetchError, static_busybox
-from tests.e2e.nixtest import (  # DAEMON_CONF: sandbox = true, sandbox-fallback = false
-    BUSYBOX_DERIVATION,
-    DAEMON_CONF,
-    DERIVATION_FILE,
-    busybox_path,
-    derivation_args,
-)
-from tests.support.kernel import QEMU_BINFMT, RISCV64_MAGIC, binfmt_line
-from tests.support.parts import require
-from tests.support.waiting import until
 
 # Debian's qemu-user-static line for aarch64 with flag F only: the kernel keeps the emulator
 # it opened at registration, so the sandbox needs no path for it.
@@ -210,11 +209,7 @@ def next_restart_event(machine: Machine, seen: int) -> int:
 def prepare(machine: Machine, deb: Path, start_limit: bool) -> None:
     """Nix's sandbox on, the builder and derivation in place, binfmtd running and done;
     nix-daemon.service's start limit as shipped, or lifted."""
-    try:
-        busybox = static_busybox("arm64")
-    except FetchError as err:
-        require(False, f"no static aarch64 busybox: {err}")
-        raise
+    busybox = debian.busybox("arm64")
     machine.run(["sh", "-c", "cat > /etc/nix/nix.conf"], input=DAEMON_CONF)
     if not start_limit:
         machine.run(["mkdir", "-p", str(Path(DROP_IN).parent)])

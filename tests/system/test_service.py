@@ -1,6 +1,6 @@
 """binfmtd.service in a booted systemd: the unit file, sd_notify, the journal, nix-daemon.
 
-The container has a binfmt_misc of its own (tests/booted.py: systemd in a user namespace
+The container has a binfmt_misc of its own (tests/support/containers.py: systemd in a user namespace
 of its own), empty when mounted: a handler registered there is the emulator being
 installed, and what binfmtd declares is exactly what the test registered.
 """
@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from machine import (
+from tests.support.containers import Machine
+from tests.system.machine import (
     INTERPRETER,
     LOONGARCH64_LINE,
     NIX_CONF,
@@ -31,8 +32,6 @@ from machine import (
     show,
     wait_for,
 )
-
-from tests.booted import Machine
 
 EXPOSURE_LIMIT = 2.5
 

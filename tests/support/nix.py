@@ -7,9 +7,10 @@ neither needs nor touches the host's socket, /etc/nix or nix-daemon. The store i
 host's /nix/store, as any second Nix client's would be.
 
 nix-daemon reads nix.conf only at start and SIGHUP kills it (no reload), so a restart is
-kill + start. This file, run as a program inside the namespace, does both, so the test
+kill + start. This module, run as a program inside the namespace, does both, so the test
 fixture and any other program there (binfmtd's `restart = [...]`, through a small script)
-restart the very same daemon: `python3 nixtest.py start|restart|stop STATE_DIR`.
+restart the very same daemon: `python -m tests.support.nix start|restart|stop STATE_DIR`
+(with the repository on PYTHONPATH: entering the namespace leaves the working folder).
 """
 from __future__ import annotations
 
@@ -19,16 +20,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+
+from tests.support.parts import REPO
+from tests.support.waiting import until
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from tests.booted import Machine
+    from tests.support.containers import Machine
     from tests.support.kernel import PrivateBinfmt
 
 SOCKET = Path("/nix/var/nix/daemon-socket/socket")
@@ -61,6 +64,8 @@ derivation {
   args = [ "sh" "-c" script ];
 }
 """
+
+
 DERIVATION_FILE = "default.nix"  # BUSYBOX_DERIVATION's name in the folder it builds from
 
 
@@ -86,6 +91,11 @@ def lay_out_builds(machine: Machine, folder: str, user: str,
     machine.run(["install", "-m", "644", "-o", user, "/dev/stdin", path],
                 input=BUSYBOX_DERIVATION)
     return path
+
+
+def not_declared(system: str) -> str:
+    """What Nix 2.8 says when no platform it declares can build for `system`."""
+    return f"a '{system}' with features {{}} is required to build"
 
 
 class NixTestError(RuntimeError):
@@ -171,7 +181,7 @@ class InsideDaemon(DaemonFiles):
             proc = subprocess.Popen(["nix-daemon", "--daemon"], env=env, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log, start_new_session=True)
         self.pid_file.write_text(f"{proc.pid}\n")
-        if not _wait(lambda: proc.pid in listeners() or proc.poll() is not None, timeout) \
+        if not until(lambda: proc.pid in listeners() or proc.poll() is not None, timeout) \
                 or proc.poll() is not None:
             self.stop()
             raise NixTestError(f"nix-daemon did not come up; log {self.log_path}:\n"
@@ -188,7 +198,7 @@ class InsideDaemon(DaemonFiles):
         for sig in (signal.SIGTERM, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, sig)
-            if _wait(lambda: _gone(pid), timeout):
+            if until(lambda: _gone(pid), timeout):
                 break
         else:
             raise NixTestError(f"nix-daemon {pid} survived SIGKILL")
@@ -217,7 +227,7 @@ class NixDaemon(DaemonFiles):
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(DAEMON_CONF)
         self.restart_script.write_text(
-            f"#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} restart {self.state}\n")
+            f"#!/bin/sh\nPYTHONPATH={REPO} exec {' '.join(self._program('restart'))}\n")
         self.restart_script.chmod(0o755)
         ensure_build_users()
 
@@ -234,11 +244,14 @@ class NixDaemon(DaemonFiles):
         """Pids inside of the processes that hold the daemon's listening socket."""
         return listeners(self.namespace.inside("/proc"))
 
+    def _program(self, command: str) -> list[str]:
+        return [sys.executable, "-m", "tests.support.nix", command, str(self.state)]
+
     def _inside(self, command: str) -> None:
-        done = self.namespace.run([sys.executable, str(Path(__file__).resolve()), command,
-                                   str(self.state)], timeout=60)
+        done = self.namespace.run(self._program(command), timeout=60,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)})
         if done.returncode != 0:
-            raise NixTestError(f"nixtest.py {command}: {done.stdout}{done.stderr}")
+            raise NixTestError(f"tests.support.nix {command}: {done.stdout}{done.stderr}")
 
 
 class NixClient:
@@ -314,15 +327,6 @@ def _gone(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state == "Z"
-
-
-def _wait(done: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Debian trees of any generation, cached, booted with systemd in a user namespace of their own.
 
-Stable API (other tiers build on it; tests/matrix and tests/farm use it):
+Stable API (the system, matrix and farm tiers build on it):
 
     tree = debian_tree("trixie", PACKAGES)            # cached under /var/tmp, built once
     with boot(tree, binds_ro={HOST_PATH: "/in/container"}) as machine:
@@ -11,6 +11,8 @@ Stable API (other tiers build on it; tests/matrix and tests/farm use it):
         machine.copy_in(host_path, "/abs/path"); machine.read_text("/etc/nix/nix.conf")
         machine.wait_for(lambda: ..., timeout=30, what="...")   # a deadline, never a sleep
     # the container is powered off (or killed) here, whatever happened inside
+
+`require_nspawn()` skips a test (fails it in CI) where this machine cannot build or boot one.
 
 Why a user namespace of the container's own (`--private-users=0:65536`): since Linux 6.7
 each user namespace may mount a binfmt_misc of its own. Inside the container it starts
@@ -38,6 +40,7 @@ import fcntl
 import hashlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -49,6 +52,7 @@ from pathlib import Path
 from typing import Callable
 
 from tests.support.kernel import BINFMT_MISC, REGISTER_PROGRAM, entry_name
+from tests.support.parts import require
 from tests.support.waiting import until
 
 CACHE = Path("/var/tmp")
@@ -79,6 +83,15 @@ class CommandFailed(subprocess.CalledProcessError):
 
 class TimedOut(AssertionError):
     """A condition awaited with `Machine.wait_for` did not hold within its deadline."""
+
+
+def require_nspawn() -> None:
+    """Skip (in CI: fail) unless this machine can build a tree and boot it: root, nspawn,
+    debootstrap and nsenter."""
+    require(os.geteuid() == 0, "booting a Debian tree needs root (debootstrap, systemd-nspawn)")
+    for tool, package in (("systemd-nspawn", "systemd-container"),
+                          ("debootstrap", "debootstrap"), ("nsenter", "util-linux")):
+        require(shutil.which(tool) is not None, f"{tool} not found (apt-get install {package})")
 
 
 # --- trees ------------------------------------------------------------------------------

@@ -1,7 +1,15 @@
-"""Foreign static builders for end-to-end builds: Debian's busybox-static.
+"""What the tests take from Debian: the generations the booted tiers run, their cached trees,
+and Debian's static busybox, the foreign builder of every Nix build the tests make.
 
-A static busybox is the smallest real foreign program Nix can use as a builder with no
-network at build time and no nixpkgs. It is fetched with apt-get from the same Debian
+The trees: every generation holds a booted systemd, Nix with Debian's socket-activated
+daemon, and what the project's .deb depends on and recommends. Run this module to build (or
+find) the trees without pytest, all at once, and print how long each took:
+`.venv/bin/python -m tests.support.debian [SUITE...]` (default: every one). The test run
+itself starts it in the background (tests/conftest.py), so that a fresh machine's
+debootstraps overlap the tiers that need no tree.
+
+busybox: a static busybox is the smallest real foreign program Nix can use as a builder with
+no network at build time and no nixpkgs. It is fetched with apt-get from the same Debian
 mirror the host already uses, through a private apt state folder, so the host's apt
 configuration, lists and dpkg status are never touched. The result is cached so that later
 runs are offline.
@@ -11,10 +19,75 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
+import sys
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
-CACHE_DIR = Path(os.environ.get("BINFMTD_TEST_CACHE", "/var/cache/binfmtd-tests"))
+from tests.support.containers import Unavailable, debian_tree, is_built
+from tests.support.parts import CACHE, require
+
+# --- the generations and their trees ----------------------------------------------------
+
+# Every generation: a booted systemd, Nix with Debian's socket-activated daemon, and what
+# the project's .deb depends on and recommends (dpkg -i installs nothing by itself).
+COMMON = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "libdbi-perl",  # without it nix-bin does not configure (../shared/FACTS.md)
+    "nix-bin",
+    "nix-setup-systemd",
+    "python3",
+    "python3-psutil",
+    "python3-structlog",
+    "python3-systemd",
+    "procps",
+)
+
+
+class Generation(NamedTuple):
+    suite: str
+    nix: str  # the version the distro's nix-bin reports, asserted by the test
+    packages: tuple[str, ...]
+
+
+GENERATIONS = (
+    # bookworm's qemu-user-static ships /usr/lib/binfmt.d/qemu-aarch64.conf. Its tree is
+    # also the system, packaging and farm tiers' (BOOKWORM below): one tree for a fresh
+    # machine to build, not four. man-db: `systemd-analyze verify` and `man -w` read the
+    # unit's man page; openssh-server: the farm's builder.
+    Generation("bookworm", "2.8.0", (*COMMON, "qemu-user-static", "man-db", "openssh-server")),
+    # From trixie on the binfmt.d lines come with qemu-user-binfmt.
+    Generation("trixie", "2.26.3", (*COMMON, "qemu-user", "qemu-user-binfmt")),
+    Generation("sid", "2.34.8", (*COMMON, "qemu-user", "qemu-user-binfmt")),
+)
+
+BOOKWORM = GENERATIONS[0]
+
+
+def required_tree(generation: Generation) -> Path:
+    """The generation's cached tree, built on first use; where it cannot be built, the test
+    is skipped (in CI: failed) with the reason."""
+    try:
+        return debian_tree(generation.suite, generation.packages)
+    except Unavailable as error:
+        require(False, f"no {generation.suite} tree: {error}")
+        raise
+
+
+def build(generation: Generation) -> str:
+    cached = is_built(generation.suite, generation.packages)
+    start = time.monotonic()
+    path = debian_tree(generation.suite, generation.packages)
+    return (f"{generation.suite}: {path} {'cached' if cached else 'built'} "
+            f"in {time.monotonic() - start:.1f} s")
+
+
+# --- Debian's static busybox ------------------------------------------------------------
+
 
 # Debian architecture -> (suite, ELF e_machine). riscv64 is not a bookworm release
 # architecture; it is one from trixie on.
@@ -46,10 +119,15 @@ def host_debian_mirror() -> str:
     raise FetchError(f"no 'deb' entry for suite {codename!r} in the host's apt sources")
 
 
-def static_busybox(arch: str, cache_dir: Path = CACHE_DIR) -> Path:
+def cached_busybox(arch: str, cache_dir: Path = CACHE) -> Path:
+    """Where the static busybox for the Debian architecture `arch` is kept once fetched."""
+    return cache_dir / "busybox" / arch / "busybox"
+
+
+def static_busybox(arch: str, cache_dir: Path = CACHE) -> Path:
     """Path of a static busybox for the Debian architecture `arch`, fetched once."""
     suite, machine = ARCHES[arch]
-    target = cache_dir / "busybox" / arch / "busybox"
+    target = cached_busybox(arch, cache_dir)
     if target.is_file():
         check_elf(target, machine)
         return target
@@ -67,6 +145,16 @@ def static_busybox(arch: str, cache_dir: Path = CACHE_DIR) -> Path:
         found.chmod(0o755)
         os.replace(found, target)  # atomic: a cached file is always a whole one
     return target
+
+
+def busybox(arch: str) -> Path:
+    """static_busybox(arch); where it cannot be fetched, the test is skipped (in CI: failed)
+    with the reason."""
+    try:
+        return static_busybox(arch)
+    except FetchError as error:
+        require(False, f"cannot fetch busybox-static for {arch}: {error}")
+        raise
 
 
 def check_elf(path: Path, machine: int) -> None:
@@ -133,5 +221,7 @@ def _os_release() -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    for a in ARCHES:
-        print(static_busybox(a))
+    wanted = [g for g in GENERATIONS if g.suite in sys.argv[1:] or len(sys.argv) == 1]
+    with ThreadPoolExecutor(len(wanted) or 1) as pool:  # debootstrap mostly waits on I/O
+        for said in pool.map(build, wanted):
+            print(said, flush=True)
