@@ -1,4 +1,8 @@
-"""Shared fixtures: real parts (binfmt_misc, Nix) and the rule that CI never skips them."""
+"""Fixtures more than one tier uses, and the run's hooks. What the tests share besides
+fixtures lives in tests/support/: the real parts and require() (parts.py), the one way to
+wait (waiting.py), binfmt_misc (kernel.py), Nix (nix.py), Debian (debian.py), booted
+containers (containers.py), Ansible (ansible.py), the daemon (daemon.py), the host's guard
+(hostguard.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from tests.support import ansible
+from tests.support.daemon import RunningDaemon
 from tests.support.kernel import NamespaceError, PrivateBinfmt
 from tests.support.parts import REPO, project_version, require
 
@@ -46,6 +52,17 @@ def real_binfmt() -> Iterator[PrivateBinfmt]:
 
 
 @pytest.fixture
+def daemon(tmp_path: Path, real_binfmt: PrivateBinfmt) -> Iterator[RunningDaemon]:
+    """A `binfmtd run` (not started yet) on the test's private binfmt_misc, stopped at the
+    end (tests/support/daemon.py): the daemon and reliability tiers'."""
+    running = RunningDaemon(tmp_path, real_binfmt)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
 def nix() -> str:
     """The real `nix` program (Debian's nix-bin), needed for validation tests."""
     found = shutil.which("nix")
@@ -66,6 +83,13 @@ def debian_package() -> Path:
     path = REPO / "dist" / f"binfmtd_{project_version()}_all.deb"
     assert path.is_file(), built.stdout[-2000:]
     return path
+
+
+@pytest.fixture(scope="session")
+def ansible_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv with ansible-core from PyPI, built once and cached (the packaging and farm
+    tiers')."""
+    return ansible.ansible_venv(tmp_path_factory)
 
 
 # --- the cached Debian trees, built in the background from the start of a run ---------

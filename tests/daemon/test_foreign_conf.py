@@ -7,9 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.daemon.conftest import Reads, RunningDaemon
-from tests.daemon.test_run import RISCV64, S390X, declares
-from tests.support.kernel import PrivateBinfmt
+from tests.support.daemon import Reads, RunningDaemon, declares
+from tests.support.kernel import RISCV64, S390X, PrivateBinfmt
 from tests.support.parts import require
 
 

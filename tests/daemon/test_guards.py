@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.daemon.conftest import RunningDaemon
+from tests.support.daemon import RunningDaemon
 from tests.support.kernel import AARCH64, RISCV64, PrivateBinfmt
 from tests.support.parts import require
 from tests.support.waiting import until

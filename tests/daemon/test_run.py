@@ -8,28 +8,21 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
-from tests.daemon.conftest import (
+from tests.support.daemon import (
     Reads,
     RunningDaemon,
     blocked_in_select,
+    declares,
+    lacks,
     wakeups,
 )
 from tests.support.kernel import BINFMT_MISC, RISCV64, S390X, PrivateBinfmt
 from tests.support.parts import require
 from tests.support.waiting import until
-
-
-def declares(daemon: RunningDaemon, system: str) -> Callable[[], bool]:
-    return lambda: system in daemon.nix_conf.read_text()
-
-
-def lacks(daemon: RunningDaemon, system: str) -> Callable[[], bool]:
-    return lambda: system not in daemon.nix_conf.read_text()
 
 
 def test_ready_after_the_first_reconcile_and_status_names_the_platforms(

@@ -1,5 +1,5 @@
-"""The farm tier: the session's ansible-core venv (built once by the packaging tier's
-fixture, cached in /var/cache/binfmtd-tests) and the host kept as it was."""
+"""The farm tier: the host kept as it was. (Its ansible-core venv is the session's,
+tests/conftest.py's ansible_venv, built once and cached in /var/cache/binfmtd-tests.)"""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.packaging.test_ansible import ansible_venv  # noqa: F401  (a fixture, reused)
 from tests.support.hostguard import host_kept
 
 FARM_PREFIX = "binfmtd-test-farm-"  # the farm registers nothing on the host: its sentinel only

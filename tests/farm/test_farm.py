@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.packaging.test_ansible import ROLES
+from tests.support import ansible
 from tests.support.containers import Machine, boot, require_nspawn
 from tests.support.debian import BOOKWORM, cached_busybox, required_tree
 from tests.support.nix import (  # DAEMON_CONF: sandbox = true, sandbox-fallback = false
@@ -206,12 +206,7 @@ binfmtd_install_package=false
 binfmtd_manage_service=true
 """)
     (tmp / "play.yml").write_text(PLAY)
-    (tmp / "ansible.cfg").write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env.update(ANSIBLE_CONFIG=str(tmp / "ansible.cfg"), ANSIBLE_HOME=str(tmp / "ansible-home"),
-               ANSIBLE_ROLES_PATH=str(ROLES), ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-local"),
-               ANSIBLE_NOCOLOR="1", ANSIBLE_PIPELINING="True", ANSIBLE_RETRY_FILES_ENABLED="False",
-               ANSIBLE_STDOUT_CALLBACK="default", LC_ALL="C.UTF-8")
+    env = ansible.environment(tmp, ANSIBLE_PIPELINING="True")
     argv = ["ip", "netns", "exec", farm.netns, str(farm.venv / "bin" / "ansible-playbook"),
             "-i", str(tmp / "inventory"), str(tmp / "play.yml"), *args]
     start = time.monotonic()
@@ -219,7 +214,7 @@ binfmtd_manage_service=true
                           check=False)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    recap = {host: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", rest)}
+    recap = {host: ansible.recap(rest)
              for host, rest in re.findall(r"^(\w+)\s*:\s*(ok=.*)$", done.stdout, re.M)}
     print(f"ansible-playbook {' '.join(args) or '(apply)'}: {time.monotonic() - start:.1f} s "
           f"changed: builder {recap['builder']['changed']}, client {recap['client']['changed']}",

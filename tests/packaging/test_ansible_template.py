@@ -17,12 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.test_ansible import Ansible, ansible_venv, binfmtd_command
-from tests.support.kernel import BINFMT_MISC, DEBIAN_AARCH64_MAGIC, PrivateBinfmt, binfmt_line
+from tests.support.ansible import Ansible, role_vars
+from tests.support.kernel import DEBIAN_AARCH64_MAGIC, PrivateBinfmt, binfmt_line
 from tests.support.nix import NixDaemon
 from tests.support.parts import require
-
-__all__ = ["ansible_venv"]  # the session fixture, shared with test_ansible.py
 
 AARCH64 = binfmt_line("binfmtd-test-template-aarch64",
                       "/usr/libexec/qemu-binfmt/aarch64-binfmt-P", magic=DEBIAN_AARCH64_MAGIC)
@@ -64,17 +62,9 @@ def farm(ansible_venv: Path, tmp_path: Path,
     daemon.start()
     template = tmp_path / "nix.conf.j2"
     template.write_text(TEMPLATE)
-    ansible = Ansible(ansible_venv, tmp_path, {
-        "binfmtd_install_package": False,
-        "binfmtd_command": str(binfmtd_command()),
-        "binfmtd_manage_service": False,
-        "binfmtd_config_path": str(tmp_path / "etc" / "binfmtd" / "config.toml"),
-        "binfmtd_nix_conf": str(daemon.conf_path),
-        "binfmtd_binfmt_misc": BINFMT_MISC,
-        "binfmtd_restart": daemon.restart_command,
-        "binfmtd_restart_interval_seconds": 0.1,
-        "include_binfmtd": True,
-    }, real_binfmt)
+    ansible = Ansible(ansible_venv, tmp_path, role_vars(
+        tmp_path, daemon.conf_path, restart=daemon.restart_command,
+        binfmtd_restart_interval_seconds=0.1, include_binfmtd=True), real_binfmt)
     ansible.play.write_text(PLAY.format(template=template, nix_conf=daemon.conf_path))
     yield ansible, daemon
     daemon.stop()

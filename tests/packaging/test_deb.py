@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from binfmtd.config import Config, parse_config
-from tests.packaging.conftest import DebianTree
+from tests.packaging.tree import DebianTree
 from tests.support.kernel import binfmt_line
 from tests.support.parts import DATA, project_version
 

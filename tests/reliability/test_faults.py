@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.daemon.conftest import RunningDaemon
+from tests.support.daemon import RunningDaemon
 from tests.support.kernel import AARCH64, BINFMT_MISC, RISCV64, PrivateBinfmt
 from tests.support.parts import DATA, require
 from tests.support.waiting import until

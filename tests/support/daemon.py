@@ -1,4 +1,5 @@
-"""Run the real `binfmtd run` as systemd would: a process, a notify socket, signals.
+"""Run the real `binfmtd run` as systemd would: a process, a notify socket, signals
+(the daemon and reliability tiers).
 
 Every daemon watches a private binfmt_misc (tests/support/kernel.py): either from the
 host, through the instance's /proc/PID/root path, or, where the test is about what the
@@ -13,11 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, Optional
-
-import pytest
 
 from binfmtd.daemon.inotify import IN_CLOSE_WRITE, Inotify
 from tests.support.kernel import PrivateBinfmt
@@ -159,10 +157,9 @@ def blocked_in_select(pid: int) -> bool:
     return state == "S" and ("poll" in wchan or "select" in wchan)
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, real_binfmt: PrivateBinfmt) -> Iterator[RunningDaemon]:
-    running = RunningDaemon(tmp_path, real_binfmt)
-    try:
-        yield running
-    finally:
-        running.stop()
+def declares(daemon: RunningDaemon, system: str) -> Callable[[], bool]:
+    return lambda: system in daemon.nix_conf.read_text()
+
+
+def lacks(daemon: RunningDaemon, system: str) -> Callable[[], bool]:
+    return lambda: system not in daemon.nix_conf.read_text()
