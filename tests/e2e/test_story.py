@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.builds import SCRIPT, Build, Busybox, Register, Timed
-from tests.support.kernel import AARCH64, RISCV64, PrivateBinfmt
+from tests.support.kernel import AARCH64, RISCV64, PrivateBinfmt, binfmt_line
 from tests.support.nix import NixClient, NixDaemon, not_declared
 from tests.support.parts import REPO
 from tests.support.waiting import until
@@ -75,12 +75,19 @@ def binfmtd(nix_daemon: NixDaemon, tmp_path: Path, real_binfmt: PrivateBinfmt) -
     return Binfmtd(nix_daemon, tmp_path, real_binfmt)
 
 
-def test_aarch64_build_fails_before_binfmtd_and_works_after_sync(
-    nix_daemon: NixDaemon, nix_build: Build, busybox: Busybox, register_handler: Register,
-    binfmtd: Binfmtd, timed: Timed,
-) -> None:
+@pytest.fixture
+def aarch64_builder(busybox: Busybox, register_handler: Register) -> Path:
+    """The arm64 busybox, with Debian's aarch64 handler registered to run it."""
     builder = busybox("arm64")
     register_handler("binfmtd-test-aarch64", AARCH64)
+    return builder
+
+
+def test_aarch64_build_fails_before_binfmtd_and_works_after_sync(
+    nix_daemon: NixDaemon, nix_build: Build, aarch64_builder: Path, binfmtd: Binfmtd,
+    timed: Timed,
+) -> None:
+    builder = aarch64_builder
     with timed("build before binfmtd"):
         before = nix_build("aarch64-linux", builder, SCRIPT)
     assert before.returncode != 0 and not_declared("aarch64-linux") in before.stderr
@@ -149,8 +156,7 @@ def test_registrations_the_sandbox_cannot_see_by_itself(
     nix_daemon: NixDaemon, nix_build: Build, busybox: Busybox, register_handler: Register,
     binfmtd: Binfmtd, timed: Timed, name: str, interpreter: str,
 ) -> None:
-    line = AARCH64.replace("binfmtd-test-aarch64", name).replace(
-        "/usr/libexec/qemu-binfmt/aarch64-binfmt-P", interpreter).replace(":OPF", ":OP")
+    line = binfmt_line(name, interpreter, "OP")
     register_handler(name, line)
     builder = busybox("arm64")
     # The control: the platform declared by hand, without the sandbox paths.
@@ -188,8 +194,7 @@ def test_other_distributions_registrations_build(
     binfmtd: Binfmtd, interpreter: str, flags: str,
 ) -> None:
     name = "binfmtd-test-qemu-aarch64"  # the private instance: Fedora's name would do too
-    line = AARCH64.replace("binfmtd-test-aarch64", name).replace(
-        "/usr/libexec/qemu-binfmt/aarch64-binfmt-P", interpreter).replace(":OPF", f":{flags}")
+    line = binfmt_line(name, interpreter, flags)
     builder = busybox("arm64")
     register_handler(name, line)
     before = nix_build("aarch64-linux", builder, SCRIPT)
@@ -201,11 +206,10 @@ def test_other_distributions_registrations_build(
 
 
 def test_a_build_in_flight_survives_the_restart(
-    nix_daemon: NixDaemon, nix_client: NixClient, busybox: Busybox, register_handler: Register,
-    binfmtd: Binfmtd, timed: Timed,
+    nix_daemon: NixDaemon, nix_client: NixClient, aarch64_builder: Path,
+    register_handler: Register, binfmtd: Binfmtd, timed: Timed,
 ) -> None:
-    builder = busybox("arm64")
-    register_handler("binfmtd-test-aarch64", AARCH64)
+    builder = aarch64_builder
     gate = nix_client.state / "gate"  # the build ends once the test creates gate/open
     gate.mkdir()
     with open(nix_daemon.conf_path, "a") as conf:
