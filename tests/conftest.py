@@ -28,6 +28,7 @@ from tests.support.parts import REPO, project_version, require
 settings.register_profile("binfmtd", deadline=None)
 settings.load_profile("binfmtd")
 
+
 @pytest.fixture
 def real_binfmt() -> Iterator[PrivateBinfmt]:
     """The real kernel's binfmt_misc, in a private instance for this test alone.
