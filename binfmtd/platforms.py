@@ -191,10 +191,13 @@ def host_system(machine: str) -> str:
 NIX_DEFAULT_EXTRA: dict[str, tuple[str, ...]] = {"x86_64-linux": ("i686-linux",)}
 
 
-def also_native(host_system: str, runs_32bit: bool = True) -> tuple[str, ...]:
+def also_native(host_system: str, runs_32bit: Optional[bool] = None) -> tuple[str, ...]:
     """The systems a host runs with no emulator besides its own: the 32-bit ones of its
-    family, where its CPU and kernel run 32-bit programs (an aarch64 CPU may have no
-    AArch32 at all: host.py asks the kernel)."""
+    family, where its CPU and kernel run 32-bit programs (host.py asks the kernel). Not
+    asked (None): x86_64 runs i686, as Nix takes it; an aarch64 CPU may have no AArch32
+    at all, so it is not taken to."""
+    if runs_32bit is None:
+        runs_32bit = host_system == "x86_64-linux"
     if not runs_32bit:
         return ()
     return {"x86_64-linux": ("i686-linux",),

@@ -4,10 +4,11 @@ times), and the status line, watchdog and journal fields."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
-from binfmtd.daemon.log import journal_fields, pick_format
+from binfmtd.daemon.log import EVENTS, journal_fields, pick_format, use_colour
 from binfmtd.daemon.loop import emulated_status, watchdog_interval
 from binfmtd.daemon.rules import Action, Rules, Timing, restart_backoff
 
@@ -150,11 +151,40 @@ def test_watchdog_interval_is_half_of_what_systemd_asked_and_only_for_us() -> No
 def test_journal_fields_are_searchable_and_the_message_reads_well() -> None:
     fields = journal_fields({"event": "nixconf.written", "level": "info",
                              "platforms": ("aarch64-linux", "riscv64-linux"),
-                             "path": "/etc/nix/nix.conf"})
-    assert fields["MESSAGE"] == ("nixconf.written platforms=aarch64-linux riscv64-linux "
-                                 "path=/etc/nix/nix.conf")
-    assert fields["PLATFORMS"] == "aarch64-linux riscv64-linux"
+                             "path": "/etc/nix/nix.conf", "sandbox_paths": ()})
+    assert fields["MESSAGE"] == ("declared aarch64-linux riscv64-linux in /etc/nix/nix.conf "
+                                 "(sandbox paths: nothing)")
+    assert fields["MESSAGE_ID"] == EVENTS["nixconf.written"].message_id
+    assert fields["BINFMTD_PLATFORMS"] == "aarch64-linux riscv64-linux"
+    assert fields["BINFMTD_PATH"] == "/etc/nix/nix.conf"
     assert fields["BINFMTD_EVENT"] == "nixconf.written" and fields["PRIORITY"] == "6"
+    assert "PLATFORMS" not in fields and "PATH" not in fields  # every field is binfmtd's
+
+
+def test_every_event_the_daemon_logs_has_its_own_message_id_and_sentence() -> None:
+    """Each kind of event is one MESSAGE_ID (journalctl MESSAGE_ID=... finds them all), and
+    a sentence whose fields are the ones the code logs with."""
+    import ast
+    from pathlib import Path
+
+    import binfmtd
+
+    logged = {}
+    for source in Path(binfmtd.__file__).parent.rglob("*.py"):
+        for call in ast.walk(ast.parse(source.read_text())):
+            if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                    and call.func.attr in ("info", "warning", "error") and call.args
+                    and isinstance(call.args[0], ast.Constant)
+                    and isinstance(call.args[0].value, str)):
+                logged[call.args[0].value] = {k.arg for k in call.keywords}
+    assert set(logged) == set(EVENTS), "an event without an entry in log.EVENTS, or the reverse"
+    ids = [event.message_id for event in EVENTS.values()]
+    assert len(set(ids)) == len(ids) and all(len(i) == 32 for i in ids)
+    for name, fields in logged.items():
+        named = set(re.findall(r"{(\w+)}", EVENTS[name].says))
+        assert named <= fields, (name, named - fields)
+        said = journal_fields({"event": name, **{f: "x" for f in fields}})["MESSAGE"]
+        assert "{" not in said and " - " not in said, said
 
 
 def test_auto_log_format_follows_the_journal_stream() -> None:
@@ -173,3 +203,16 @@ def test_a_failed_reconcile_is_retried_at_the_resync_and_not_before() -> None:
     assert rules.due(1.06) == () and rules.due(3.04) == ()
     assert rules.timeout(1.06) == pytest.approx(1.99)
     assert rules.due(3.05) == (RECONCILE,)
+
+
+def test_colours_only_on_a_terminal_and_never_with_no_color() -> None:
+    """no-color.org: NO_COLOR set to anything wins; a pipe never gets colours."""
+    controller, terminal = os.openpty()
+    reading, writing = os.pipe()
+    try:
+        with open(terminal, "w", closefd=False) as tty, open(writing, "w", closefd=False) as pipe:
+            assert use_colour(tty, {}) and not use_colour(tty, {"NO_COLOR": "1"})
+            assert not use_colour(pipe, {})
+    finally:
+        for fd in (controller, terminal, reading, writing):
+            os.close(fd)
