@@ -180,6 +180,7 @@ _CHECKS = {
     "registration-prefix": _string,
     "sandbox-paths": _sandbox_paths,
 }
+KEYS = tuple(_CHECKS)  # every key config.toml takes
 
 
 def refuse_unsafe_owner(path: Path, stat: os.stat_result, euid: int) -> None:

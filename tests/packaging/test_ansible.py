@@ -14,7 +14,9 @@ import json
 from pathlib import Path
 
 import pytest
+import tomllib
 
+from binfmtd.config import KEYS
 from tests.support.ansible import ANSIBLE_DIR, Ansible, role_vars
 from tests.support.kernel import PrivateBinfmt, binfmt_line
 from tests.support.parts import require
@@ -43,6 +45,9 @@ def ansible(ansible_venv: Path, tmp_path: Path, real_binfmt: PrivateBinfmt) -> A
                    role_vars(tmp_path, tmp_path / "nix" / "nix.conf", restart=False), real_binfmt)
 
 
+SYNC = "Keep nix.conf in step with binfmt_misc"
+
+
 def snapshot(path: Path) -> tuple[bytes, int]:
     return path.read_bytes(), path.stat().st_mtime_ns
 
@@ -63,35 +68,37 @@ def test_role_changes_once_then_nothing_and_check_mode_writes_nothing(ansible: A
     run = ansible.playbook("--check")
     assert run.recap["changed"] > 0 and run.recap["failed"] == 0
     run.expect("Write config.toml", "changed")
-    run.expect("Check whether nix.conf is in step with binfmt_misc", "changed")
-    run.expect("Sync nix.conf with binfmt_misc", "skipping")
+    run.expect(SYNC, "changed")
     assert not config.exists()
     assert snapshot(nix_conf) == fresh
 
     # First run: config.toml written, the block added after every byte of the file.
     run = ansible.playbook()
     assert run.recap["changed"] > 0 and run.recap["failed"] == 0
-    run.expect("Sync nix.conf with binfmt_misc", "changed")
-    run.expect("Check whether nix.conf is in step with binfmt_misc", "ok")
+    run.expect(SYNC, "changed")
     text = nix_conf.read_text()
     assert text.startswith("sandbox = true\n")
     assert "# BEGIN binfmtd managed block" in text and "sparc64-linux" in text.split("BEGIN")[1]
     assert "restart = false" in config.read_text()
+    # The template writes every key binfmtd knows, and binfmtd reads the file it wrote.
+    written = tomllib.loads(config.read_text())
+    assert set(written) == set(KEYS), set(written) ^ set(KEYS)
     synced, configured = snapshot(nix_conf), snapshot(config)
 
     # Second run: nothing to do, nothing written.
     run = ansible.playbook()
     assert run.recap["changed"] == 0 and run.recap["failed"] == 0
-    run.expect("Sync nix.conf with binfmt_misc", "skipping")
+    run.expect(SYNC, "ok")
     assert snapshot(nix_conf) == synced
     assert snapshot(config) == configured
 
-    # A new emulator: --check reports the change and leaves nix.conf byte for byte.
+    # A new emulator: --check reports the change, --diff shows it, nix.conf is untouched.
     ansible.namespace.register(M68K)
     run = ansible.playbook("--check", "--diff")
     assert run.recap["changed"] == 1 and run.recap["failed"] == 0
-    run.expect("Check whether nix.conf is in step with binfmt_misc", "changed")
-    run.expect("Sync nix.conf with binfmt_misc", "skipping")
+    run.expect(SYNC, "changed")
+    assert "-extra-extra-platforms = sparc64-linux\n+extra-extra-platforms = m68k-linux " \
+           "sparc64-linux" in run.output, run.output
     assert snapshot(nix_conf) == synced
     assert snapshot(config) == configured
 
@@ -100,7 +107,7 @@ def test_role_changes_once_then_nothing_and_check_mode_writes_nothing(ansible: A
     ignore = json.dumps({"binfmtd_ignore_platforms": ["m68k-linux"]})
     run = ansible.playbook("--check", "--diff", "-e", ignore)
     run.expect("Write config.toml", "changed")
-    run.expect("Check whether nix.conf is in step with binfmt_misc", "ok")
+    run.expect(SYNC, "ok")
     assert snapshot(nix_conf) == synced
     assert snapshot(config) == configured
 
@@ -109,6 +116,14 @@ def test_role_changes_once_then_nothing_and_check_mode_writes_nothing(ansible: A
     assert run.recap["changed"] > 0 and run.recap["failed"] == 0
     assert "m68k-linux" in nix_conf.read_text().split("BEGIN")[1]
     print(f"\nnix.conf after the last run:\n{nix_conf.read_text()}")
+
+
+def test_a_variable_of_the_wrong_kind_stops_the_role_before_it_runs(ansible: Ansible) -> None:
+    """meta/argument_specs.yml: every variable is checked before any task runs."""
+    run = ansible.playbook("-e", json.dumps({"binfmtd_declare_i686": "maybe"}), check=False)
+    assert run.recap.get("failed") == 1, run.output
+    assert "binfmtd_declare_i686" in run.output and "bool" in run.output, run.output
+    assert "Write config.toml" not in run.output  # stopped before the first task
 
 
 def test_example_playbook_passes_the_syntax_check(ansible: Ansible) -> None:

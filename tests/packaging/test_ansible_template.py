@@ -103,5 +103,5 @@ def test_without_the_include_line_the_template_and_binfmtd_fight(
     ansible.playbook(*without)
     assert "aarch64-linux" in daemon.conf_path.read_text()  # binfmtd wrote into the template
     again = ansible.playbook(*without)
-    again.expect("Sync nix.conf with binfmt_misc", "changed")
+    again.expect("Keep nix.conf in step with binfmt_misc", "changed")
     assert again.recap["changed"] >= 2  # the template dropped the block, binfmtd added it

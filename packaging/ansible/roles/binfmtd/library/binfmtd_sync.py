@@ -55,8 +55,8 @@ def main() -> None:
     if rc != 0:
         module.fail_json(msg=err.strip() or out.strip(), rc=rc)
     report = json.loads(out)
-    module.exit_json(**result, platforms=report["platforms"], restart=report.get("restart"),
-                     changed=bool(report["changed"]) or rc == 1)
+    result.update(platforms=report["platforms"], restart=report.get("restart"))
+    module.exit_json(**result)  # changed: sync had something to do (a write, a registration)
 
 
 if __name__ == "__main__":
