@@ -95,6 +95,9 @@ MUTANTS: tuple[Mutant, ...] = (
            '                lines[number] = f"{keyword} {self._staged(where)}"\n',
            "                pass\n", "validate: the copy of nix.conf loses its includes",
            "tests/cli/test_cli.py"),
+    Mutant("binfmtd/asknix.py", "names = {**stager.names, folder: str(main_conf.parent)}",
+           "names = {**stager.names}", "json: a staged reading shows its temp folder",
+           "tests/cli/test_json.py"),
     # Only paths root alone can change go into the sandbox (binfmtd/judge.py).
     Mutant("binfmtd/judge.py", "        if path in untrusted:\n", "        if False:\n",
            "sandbox: an interpreter others may change is declared", REGISTER_TESTS),
@@ -126,14 +129,15 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("binfmtd/conffile.py", "    if not mode & 0o222:\n", "    if False:\n",
            "store: a read-only nix.conf is written anyway", FOREIGN_TESTS),
     # The daemon's timing rules (binfmtd/daemon/rules.py), driven on made-up times.
-    Mutant(RULES, "min(now + self.timing.debounce, start + self.timing.max_delay)",
-           "min(now, start + self.timing.max_delay)", "daemon: debounce 0", RULES_TESTS),
-    Mutant(RULES, "min(now + self.timing.debounce, start + self.timing.max_delay)",
-           "now + self.timing.debounce", "daemon: no storm cap", RULES_TESTS),
-    Mutant(RULES, "max(now, self._last_restart + self.timing.restart_gap)", "now",
-           "daemon: no restart rate limit", RULES_TESTS),
-    Mutant(RULES, "self._restart_at = now + delay", "self._restart_at = now",
-           "daemon: no back-off", RULES_TESTS),
+    *(Mutant(RULES, original, mutated, f"daemon: {name}", RULES_TESTS)
+      for original, mutated, name in (
+          ("min(now + self.timing.debounce, start + self.timing.max_delay)",
+           "min(now, start + self.timing.max_delay)", "debounce 0"),
+          ("min(now + self.timing.debounce, start + self.timing.max_delay)",
+           "now + self.timing.debounce", "no storm cap"),
+          ("max(now, self._last_restart + self.timing.restart_gap)", "now",
+           "no restart rate limit"),
+          ("self._restart_at = now + delay", "self._restart_at = now", "no back-off"))),
     # The daemon's guards (binfmtd/daemon/watches.py, daemon.py), each made to happen for real.
     Mutant("binfmtd/daemon/watches.py", "            if event.mask & inotify.IN_Q_OVERFLOW:\n",
            "            if False:\n", "daemon: an overflowed event queue is ignored", GUARDS),
