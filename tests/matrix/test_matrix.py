@@ -237,7 +237,7 @@ def test_registration_reaches_a_users_build(cell: Cell, flags: str) -> None:
         assert reading["nix"] == {"path": nix, "version": cell.generation.nix}, reading["nix"]
         service = machine.run(["journalctl", "-u", "binfmtd.service", "-o", "cat",
                                "--no-pager"]).stdout  # the service found the same Nix
-        assert f"nix={nix} nix_version={cell.generation.nix}" in service, service[-2000:]
+        assert f"asks {nix} ({cell.generation.nix})" in service, service[-2000:]
         assert "aarch64-linux" in reading["effective"]["extra-platforms"].split()
         assert reading["in_sync"] is True and reading["problems"] == [], reading["problems"]
         if cell.layout == "determinate":

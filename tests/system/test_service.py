@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from binfmtd.daemon.log import EVENTS
 from tests.support.containers import Machine
 from tests.system.machine import (
     INTERPRETER,
@@ -113,11 +114,16 @@ def test_registration_updates_nix_conf_and_restarts_nix_daemon(service: Machine)
         assert emulated(status) == [PLATFORM], status
         written = wait_for(
             f"journal entry nixconf.written with {INTERPRETER}",
-            lambda: journal_event(service, "nixconf.written", SANDBOX_PATHS=INTERPRETER),
+            lambda: journal_event(service, "nixconf.written",
+                                  BINFMTD_SANDBOX_PATHS=INTERPRETER),
         )
-        assert PLATFORM in str(written["PLATFORMS"]), written
-        assert written["PATH"] == NIX_CONF and written["SYSLOG_IDENTIFIER"] == "binfmtd"
+        assert PLATFORM in str(written["BINFMTD_PLATFORMS"]), written
+        assert written["BINFMTD_PATH"] == NIX_CONF and written["SYSLOG_IDENTIFIER"] == "binfmtd"
         assert written["_SYSTEMD_UNIT"] == "binfmtd.service", written
+        # A person reads MESSAGE; MESSAGE_ID finds every entry of the kind.
+        assert written["MESSAGE"] == (f"declared {PLATFORM} in {NIX_CONF} "
+                                      f"(sandbox paths: {INTERPRETER})"), written
+        assert written["MESSAGE_ID"] == EVENTS["nixconf.written"].message_id, written
     finally:
         service.unregister(name)
 
@@ -136,8 +142,16 @@ def test_registration_updates_nix_conf_and_restarts_nix_daemon(service: Machine)
 def test_journal_has_structured_fields(service: Machine) -> None:
     ready = wait_for("journal entry daemon.ready", lambda: journal_event(service, "daemon.ready"))
     assert ready["SYSLOG_IDENTIFIER"] == "binfmtd" and ready["PRIORITY"] == "6", ready
-    assert "PLATFORMS" in ready and str(ready["MESSAGE"]).startswith("daemon.ready"), ready
+    assert ready["MESSAGE_ID"] == EVENTS["daemon.ready"].message_id, ready
+    assert str(ready["MESSAGE"]).startswith("ready: declares "), ready
+    assert "/usr/bin/nix" in str(ready["MESSAGE"]), ready
     assert ready["_SYSTEMD_UNIT"] == "binfmtd.service", ready
+    # binfmtd's own fields are all prefixed, so none shadows a journal field (PATH=).
+    own = {key for key in ready if not key.startswith(("_", "__"))} - {
+        "MESSAGE", "MESSAGE_ID", "PRIORITY", "SYSLOG_IDENTIFIER", "CODE_FILE", "CODE_LINE",
+        "CODE_FUNC", "SYSLOG_FACILITY", "SYSLOG_PID", "SYSLOG_TIMESTAMP"}
+    assert own and all(key.startswith("BINFMTD_") for key in own), sorted(own)
+    assert {"BINFMTD_EVENT", "BINFMTD_PLATFORMS", "BINFMTD_NIX"} <= own, sorted(own)
 
 
 def test_reload_keeps_it_active(service: Machine) -> None:
