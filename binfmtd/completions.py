@@ -143,7 +143,8 @@ def fish(s: Spec) -> str:
               for name, (summary, _o, _w) in s.commands.items()]
     lines += [_fish_option(o, "") for o in s.global_options]
     for name, (_summary, options, words) in s.commands.items():
-        lines += [_fish_option(o, name) for o in options]
+        # The global options complete anywhere already.
+        lines += [_fish_option(o, name) for o in options if o not in s.global_options]
         if words:
             lines.append(f"complete -c binfmtd -n '__fish_seen_subcommand_from {name}' "
                          f"-a '{' '.join(words)}'")
@@ -154,13 +155,16 @@ def _fish_option(option: Option, command: str) -> str:
     where = f" -n '__fish_seen_subcommand_from {command}'" if command else ""
     names = "".join(f" -l {n[2:]}" if n.startswith("--") else f" -s {n[1:]}"
                     for n in option.names)
-    value = {"": "", "file": " -r -F", "dir": " -r -F", "word": " -r",
+    value = {"": "", "file": " -r -F", "dir": " -r -F", "word": " -x",
              "choice": f" -x -a '{' '.join(option.choices)}'"}[option.value]
     return f"complete -c binfmtd{where}{names}{value} -d '{option.help}'"
 
 
 def _all_options(s: Spec) -> list[Option]:
-    return [*s.global_options, *(o for _sum, options, _w in s.commands.values() for o in options)]
+    """Every option once: each command also takes the global ones (after its name)."""
+    every = [*s.global_options, *(o for _sum, options, _w in s.commands.values()
+                                  for o in options)]
+    return list(dict.fromkeys(every))
 
 
 def main(argv: list[str]) -> int:
