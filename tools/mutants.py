@@ -95,6 +95,10 @@ MUTANTS: tuple[Mutant, ...] = (
            '                lines[number] = f"{keyword} {self._staged(where)}"\n',
            "                pass\n", "validate: the copy of nix.conf loses its includes",
            "tests/cli/test_cli.py"),
+    # no-color.org (binfmtd/daemon/log.py), on a real terminal.
+    Mutant("binfmtd/daemon/log.py", 'return stream.isatty() and not environ.get("NO_COLOR")',
+           "return stream.isatty()", "console: colours over NO_COLOR",
+           "tests/daemon/test_console.py"),
     Mutant("binfmtd/asknix.py", "names = {**stager.names, folder: str(main_conf.parent)}",
            "names = {**stager.names}", "json: a staged reading shows its temp folder",
            "tests/cli/test_json.py"),
