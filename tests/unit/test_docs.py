@@ -123,3 +123,91 @@ def test_every_global_option_is_in_both_docs() -> None:
     assert [w for w in GLOBAL_WORDS if not _mentions(readme, w)] == [], "README.md"
     assert [w for w in GLOBAL_WORDS if not _mentions(man, w)] == [], "binfmtd(8) SYNOPSIS"
     assert [w for w in GLOBAL_WORDS if not _mentions(options, w)] == [], "binfmtd(8) OPTIONS"
+
+
+# --- README for users first; docs/ linked and in step ------------------------------------
+
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+MARKDOWN = [README, *DOCS, *sorted((ROOT / "packaging").glob("*/README.md"))]
+FIRST_SCREEN = 60  # lines: what a newcomer sees before scrolling far
+
+
+def test_readme_is_short_and_its_first_screen_is_for_users() -> None:
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 200, len(lines)
+    first = "\n".join(lines[:FIRST_SCREEN])
+    for shown in ("apt-get install ./dist/", "dnf install ./dist/", "binfmtd doctor"):
+        assert shown in first, shown
+    for hidden in ("make test", "pytest", "mutant", "make bench"):
+        assert hidden not in first, hidden
+
+
+def _links(path: Path) -> list[str]:
+    """The relative targets of a Markdown file's links (not web addresses, not anchors)."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", path.read_text())
+    return [t for t in targets if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
+
+
+def test_the_helper_finds_links() -> None:
+    """A positive control: README links into docs/ (each of design, farm, RELIABILITY,
+    development), so an empty list below means nothing was read."""
+    assert {"docs/design.md", "docs/farm.md", "docs/RELIABILITY.md",
+            "docs/development.md"} <= set(_links(README))
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(path: Path) -> None:
+    missing = [t for t in _links(path)
+               if not (path.parent / t.split("#", 1)[0]).resolve().exists()]
+    assert missing == []
+
+
+@pytest.mark.parametrize("path", [*MARKDOWN, MAN_PAGE], ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_test_the_docs_name_exists(path: Path) -> None:
+    """`tests/x/test_y.py::test_z` in prose is a claim that the test proves something."""
+    missing = []
+    for where, name in re.findall(r"(tests/[\w/]+\.py)(?:::(\w+))?", path.read_text()):
+        module = ROOT / where
+        if not module.exists() or (name and not re.search(
+                rf"^(async )?def {name}\b", module.read_text(), flags=re.MULTILINE)):
+            missing.append(f"{where}::{name}" if name else where)
+    assert missing == []
+
+
+def test_the_man_page_has_the_sections_a_service_is_expected_to_have() -> None:
+    assert {"NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "OPTIONS", "ENVIRONMENT",
+            "SIGNALS", "EXIT STATUS", "FILES", "SEE ALSO"} <= set(_man_sections())
+
+
+def test_the_man_page_names_every_variable_binfmtd_reads() -> None:
+    """Each name the code reads from the environment is in ENVIRONMENT."""
+    code = "\n".join(p.read_text() for p in (ROOT / "binfmtd").rglob("*.py"))
+    read = set(re.findall(r"environ\.get\(\"([A-Z_]+)\"", code))
+    read |= set(re.findall(r"\"(BINFMTD_[A-Z_]+)\",\s+DEFAULT_", code))  # host.py's paths
+    assert {"NO_COLOR", "NOTIFY_SOCKET", "BINFMTD_NIX_CONF", "BINFMTD_BINFMT_D"} <= read
+    environment = _man_sections()["ENVIRONMENT"].replace("\\_", "_")
+    read.discard("NIX_CONF_DIR")  # nix-daemon's, read from /proc, not binfmtd's own
+    assert sorted(v for v in read if not _mentions(environment, v)) == []
+
+
+def test_exit_statuses_agree_in_help_readme_and_man_page() -> None:
+    from binfmtd.errors import EXIT_ATTENTION, EXIT_ERROR, EXIT_OK
+
+    codes = {EXIT_OK, EXIT_ATTENTION, EXIT_ERROR}
+    assert codes == {0, 1, 2}
+    man = set(re.findall(r"^\.B (\d)$", _man_sections()["EXIT STATUS"], flags=re.MULTILINE))
+    readme = set(re.findall(r"^\| (\d) \|", README.read_text(), flags=re.MULTILINE))
+    helped = set(re.findall(r"^\s+(\d)\s", PARSER.format_help(), flags=re.MULTILINE))
+    assert {str(c) for c in codes} == man == readme == helped
+
+
+def test_every_config_key_is_in_the_readme_the_man_page_and_the_default_file() -> None:
+    from binfmtd.config import KEYS
+
+    files = _man_sections()["FILES"]
+    readme = README.read_text().split("\n## Configuration", 1)[1].split("\n## ", 1)[0]
+    shipped = (ROOT / "packaging" / "config.toml").read_text()
+    for key in KEYS:
+        assert _mentions(files, key), f"binfmtd(8) FILES: {key}"
+        assert _mentions(readme, key), f"README.md Configuration: {key}"
+        assert _mentions(shipped, key), f"packaging/config.toml: {key}"
