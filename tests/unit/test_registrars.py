@@ -91,11 +91,60 @@ def test_docker_installer_paths_live_in_a_container_and_f_keeps_them_working() -
     [
         ("rosetta", "aarch64-linux", ("x86_64-linux",)),
         ("rosetta", "x86_64-linux", ()),
+        ("rosetta-lima", "aarch64-linux", ("x86_64-linux",)),
+        ("rosetta-nixos", "aarch64-linux", ("x86_64-linux",)),
         ("fex", "aarch64-linux", ("i686-linux", "x86_64-linux")),
+        ("fex-current", "aarch64-linux", ("i686-linux", "x86_64-linux")),
+        ("box64", "aarch64-linux", ("x86_64-linux",)),
+        ("box32", "aarch64-linux", ("i686-linux", "x86_64-linux")),
+        ("binfmt-dispatcher", "aarch64-linux", ("i686-linux", "x86_64-linux")),
     ],
 )
 def test_x86_emulators_on_arm_hosts(registrar: str, host: str, expected: tuple[str, ...]) -> None:
     assert plan_for_registrar(registrar, host=host).platforms == expected
+
+
+# What each aarch64 registrar's entries are, as the kernel printed them: (entry, interpreter,
+# flags, system). The sandbox needs the interpreter only where the kernel did not open it (F).
+ARM_HOST_ENTRIES = {
+    "rosetta": [("rosetta", "/media/rosetta/rosetta", "OCF", "x86_64-linux")],
+    "rosetta-lima": [("rosetta", "/mnt/lima-rosetta/rosetta", "OCF", "x86_64-linux")],
+    "rosetta-nixos": [("rosetta", "/run/binfmt/rosetta", "OCF", "x86_64-linux")],
+    "fex": [("FEX-x86", "/usr/bin/FEXInterpreter", "POCF", "i686-linux"),
+            ("FEX-x86_64", "/usr/bin/FEXInterpreter", "POCF", "x86_64-linux")],
+    "fex-current": [("FEX-x86", "/usr/bin/FEX", "POCF", "i686-linux"),
+                    ("FEX-x86_64", "/usr/bin/FEX", "POCF", "x86_64-linux")],
+    "box64": [("x86_64", "/usr/bin/box64", "", "x86_64-linux")],
+    "box32": [("box32", "/usr/bin/box64", "", "i686-linux"),
+              ("x86_64", "/usr/bin/box64", "", "x86_64-linux")],
+    "binfmt-dispatcher": [
+        ("binfmt-dispatcher-x86", "/usr/bin/binfmt-dispatcher", "POCF", "i686-linux"),
+        ("binfmt-dispatcher-x86_64", "/usr/bin/binfmt-dispatcher", "POCF", "x86_64-linux")],
+}
+
+
+@pytest.mark.parametrize("registrar", ARM_HOST_ENTRIES)
+def test_aarch64_registrars_decode_to_their_systems(registrar: str) -> None:
+    result = plan_for_registrar(registrar, host="aarch64-linux")
+    verdicts = {v.name: v for v in result.verdicts}
+    seen = []
+    for name, interpreter, flags, system in ARM_HOST_ENTRIES[registrar]:
+        handler = verdicts[name].handler
+        assert isinstance(handler, Handler)
+        assert (handler.interpreter, handler.flags) == (interpreter, frozenset(flags))
+        assert verdicts[name].platforms == (system,) and verdicts[name].problems == ()
+        assert verdicts[name].sandbox_paths == (() if "F" in flags else (interpreter,))
+        seen.append(name)
+    assert sorted(verdicts) == sorted(seen)  # no entry of the folder left unchecked
+    assert result.problems == ()
+
+
+def test_a_dispatchers_entry_says_what_else_the_sandbox_needs() -> None:
+    verdicts = plan_for_registrar("binfmt-dispatcher", host="aarch64-linux").verdicts
+    assert all("sandbox-paths" in (v.note or "") and "doctor" in (v.note or "")
+               for v in verdicts), verdicts
+    fex = plan_for_registrar("fex-current", host="aarch64-linux").verdicts
+    assert [v.note for v in fex] == [None, None]  # the control: an emulator is no dispatcher
 
 
 def test_hostile_entries_declare_nothing_and_say_why() -> None:

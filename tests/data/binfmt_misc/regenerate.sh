@@ -205,6 +205,47 @@ reg sd fex ':FEX-x86:M:0:\x7fELF\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00
 reg sd fex ':FEX-x86_64:M:0:\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00:\xff\xff\xff\xff\xff\xfe\xfe\x00\x00\x00\x00\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/FEXInterpreter:POCF'
 
 # ---------------------------------------------------------------------------
+# rosetta-lima: Lima's boot script (pkg/cidata/cidata.TEMPLATE.d/boot/
+# 05-rosetta-volume.sh) echoes this line to register: flags OCF.
+folder rosetta-lima enabled
+reg sd rosetta-lima ':rosetta:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00:\xff\xff\xff\xff\xff\xfe\xfe\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/mnt/lima-rosetta/rosetta:OCF'
+
+# ---------------------------------------------------------------------------
+# rosetta-nixos: NixOS virtualisation.rosetta (boot.binfmt.registrations.rosetta:
+# fixBinary, matchCredentials, no preserveArgvZero), written to binfmt.d by
+# nixos/modules/system/boot/binfmt.nix with the interpreter at /run/binfmt/<name>
+# (a tmpfiles link to /run/rosetta/rosetta); registered by systemd-binfmt.
+folder rosetta-nixos enabled
+reg sd rosetta-nixos ':rosetta:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00:\xff\xff\xff\xff\xff\xfe\xfe\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/run/binfmt/rosetta:CF'
+
+# ---------------------------------------------------------------------------
+# fex-current: FEX's binfmt.d templates as they are now, the interpreter /usr/bin/FEX
+# (the fex folder has the older /usr/bin/FEXInterpreter); systemd-binfmt.
+folder fex-current enabled
+reg sd fex-current ':FEX-x86:M:0:\x7fELF\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x03\x00:\xff\xff\xff\xff\xff\xfe\xfe\x00\x00\x00\x00\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/FEX:POCF'
+reg sd fex-current ':FEX-x86_64:M:0:\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00:\xff\xff\xff\xff\xff\xfe\xfe\x00\x00\x00\x00\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/FEX:POCF'
+
+# ---------------------------------------------------------------------------
+# box64: ptitSeb/box64 system/box64.conf.cmake with CMAKE_INSTALL_PREFIX=/usr and
+# BOX64=box64, installed as /etc/binfmt.d/box64.conf; named x86_64, no flags.
+folder box64 enabled
+reg sd box64 ':x86_64:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00:\xff\xff\xff\xff\xff\xff\xff\x00\x00\x00\x00\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/box64:'
+
+# ---------------------------------------------------------------------------
+# box32: box64 built with box32 (BOX32=ON) installs system/box32.conf.cmake as well.
+folder box32 enabled
+reg sd box32 ':x86_64:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00:\xff\xff\xff\xff\xff\xff\xff\x00\x00\x00\x00\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/box64:'
+reg sd box32 ':box32:M::\x7fELF\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x03\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/box64:'
+
+# ---------------------------------------------------------------------------
+# binfmt-dispatcher: Fedora Asahi's binfmt-dispatcher (AsahiLinux/binfmt-dispatcher
+# data/binfmt-dispatcher-x86.conf; the x86_64 file is its twin, see SOURCES.md),
+# installed in /usr/lib/binfmt.d, registered by systemd-binfmt.
+folder binfmt-dispatcher enabled
+reg sd binfmt-dispatcher ':binfmt-dispatcher-x86:M:0:\x7fELF\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x03\x00:\xff\xff\xff\xff\xff\xfe\xfe\x00\x00\x00\x00\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/binfmt-dispatcher:POCF'
+reg sd binfmt-dispatcher ':binfmt-dispatcher-x86_64:M:0:\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00:\xff\xff\xff\xff\xff\xfe\xfe\x00\x00\x00\x00\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/binfmt-dispatcher:POCF'
+
+# ---------------------------------------------------------------------------
 # hostile: entries the kernel accepts that must not be copied naively into
 # nix.conf. Written directly to register (no registrar): update-binfmts and
 # systemd-binfmt cannot produce a newline inside a field, a raw write can.
