@@ -95,6 +95,10 @@ MUTANTS: tuple[Mutant, ...] = (
            '                lines[number] = f"{keyword} {self._staged(where)}"\n',
            "                pass\n", "validate: the copy of nix.conf loses its includes",
            "tests/cli/test_cli.py"),
+    # What the docs show is what the commands print, run as shown in a booted Debian.
+    Mutant("README.md", "(flags POF), and /etc/binfmt.d/binfmtd-aarch64-linux.conf",
+           "(flags OPF), and /etc/binfmt.d/binfmtd-aarch64-linux.conf",
+           "docs: README shows what register does not print", "tests/system/test_docs_story.py"),
     # no-color.org (binfmtd/daemon/log.py), on a real terminal.
     Mutant("binfmtd/daemon/log.py", 'return stream.isatty() and not environ.get("NO_COLOR")',
            "return stream.isatty()", "console: colours over NO_COLOR",

@@ -36,7 +36,7 @@ EVENTS: dict[str, Event] = {
     "nixconf.written": Event("ce31da2d2d1245b3a504a56db6c3e2c4",
                              "declared {platforms} in {path} (sandbox paths: {sandbox_paths})"),
     "nixdaemon.restarted": Event("4f25d70c1d2d4b57b1d6b194d2030b9a",
-                                 "restarted nix-daemon: {how}"),
+                                 "nix-daemon: {how}"),
     "nixdaemon.restart_failed": Event("f751c8f6a96a454e9d0ab8dda2cd7c3b",
                                       "nix-daemon restart failed: {error}; trying again in "
                                       "{retry_in} s"),
@@ -80,8 +80,8 @@ def use_colour(stream: Any, environ: Mapping[str, str] = os.environ) -> bool:
 def configure_logging(requested: str) -> None:
     chosen = pick_format(requested)
     processors: list[Any] = [structlog.processors.add_log_level]
-    if chosen != "json":
-        processors.append(_join_sequences)
+    if chosen == "console":
+        processors.append(_join_sequences)  # the journal's fields and MESSAGE do their own
     if chosen == "journal":
         processors.append(JournalRenderer())
         logger_factory: Any = structlog.ReturnLoggerFactory()
@@ -105,7 +105,7 @@ def journal_fields(event_dict: MutableMapping[str, Any]) -> dict[str, str]:
     values = {key: _text(value) for key, value in event_dict.items()}
     event = EVENTS.get(name)
     fields = {
-        "MESSAGE": readable(event.says, values) if event else name,
+        "MESSAGE": readable(event.says, event_dict) if event else name,
         "PRIORITY": PRIORITIES.get(level, "6"),
         "SYSLOG_IDENTIFIER": "binfmtd",
         "BINFMTD_EVENT": name,
@@ -117,9 +117,13 @@ def journal_fields(event_dict: MutableMapping[str, Any]) -> dict[str, str]:
     return fields
 
 
-def readable(says: str, values: Mapping[str, str]) -> str:
-    """The event's sentence with its fields; a field it names but did not get reads '-'."""
-    return says.format_map(_Dashes(values))
+def readable(says: str, values: Mapping[str, Any]) -> str:
+    """The event's sentence with its fields, a list read as "a, b" and an empty one as
+    "nothing"; a field it names but did not get reads '-'."""
+    said = {key: ", ".join(map(str, value)) or "nothing"
+            if isinstance(value, (list, tuple, set, frozenset)) else str(value)
+            for key, value in values.items()}
+    return says.format_map(_Dashes(said))
 
 
 class _Dashes(dict):  # type: ignore[type-arg]
@@ -138,7 +142,7 @@ def _join_sequences(_logger: Any, _name: str,
 
 def _text(value: Any) -> str:
     if isinstance(value, (list, tuple, set, frozenset)):
-        return " ".join(str(v) for v in value) or "nothing"
+        return " ".join(str(v) for v in value)
     return str(value)
 
 

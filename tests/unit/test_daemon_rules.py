@@ -152,13 +152,15 @@ def test_journal_fields_are_searchable_and_the_message_reads_well() -> None:
     fields = journal_fields({"event": "nixconf.written", "level": "info",
                              "platforms": ("aarch64-linux", "riscv64-linux"),
                              "path": "/etc/nix/nix.conf", "sandbox_paths": ()})
-    assert fields["MESSAGE"] == ("declared aarch64-linux riscv64-linux in /etc/nix/nix.conf "
+    assert fields["MESSAGE"] == ("declared aarch64-linux, riscv64-linux in /etc/nix/nix.conf "
                                  "(sandbox paths: nothing)")
     assert fields["MESSAGE_ID"] == EVENTS["nixconf.written"].message_id
     assert fields["BINFMTD_PLATFORMS"] == "aarch64-linux riscv64-linux"
     assert fields["BINFMTD_PATH"] == "/etc/nix/nix.conf"
     assert fields["BINFMTD_EVENT"] == "nixconf.written" and fields["PRIORITY"] == "6"
     assert "PLATFORMS" not in fields and "PATH" not in fields  # every field is binfmtd's
+    # Nothing reads "nothing" to a person, and is empty to a program.
+    assert fields["BINFMTD_SANDBOX_PATHS"] == ""
 
 
 def test_every_event_the_daemon_logs_has_its_own_message_id_and_sentence() -> None:

@@ -211,3 +211,25 @@ def test_every_config_key_is_in_the_readme_the_man_page_and_the_default_file() -
         assert _mentions(files, key), f"binfmtd(8) FILES: {key}"
         assert _mentions(readme, key), f"README.md Configuration: {key}"
         assert _mentions(shipped, key), f"packaging/config.toml: {key}"
+
+
+def test_every_session_the_docs_show_is_run_or_said_why_not() -> None:
+    """tests/system/test_docs_story.py runs every `$ ` step but those in NOT_RUN; an entry
+    there that the docs no longer show goes."""
+    from tests.support.sessions import NOT_RUN, every_step
+
+    commands = [step.command for step in every_step()]
+    assert {"sudo binfmtd register aarch64-linux", "sudo binfmtd doctor",
+            'cat "$(nix-build --no-out-link hello.nix)"'} <= set(commands)
+    assert set(NOT_RUN) <= set(commands), set(NOT_RUN) - set(commands)
+    assert len(set(commands) - set(NOT_RUN)) >= 10
+
+
+def test_a_shown_session_must_be_in_the_output_in_order() -> None:
+    from tests.support.sessions import shows
+
+    output = "aarch64-linux\n  [ok]   runs       a 132-byte program\nall good\n"
+    assert shows(output, ("aarch64-linux", "  [ok]   runs       a … program", "all good"))
+    assert not shows(output, ("all good", "aarch64-linux"))  # the order counts
+    assert not shows(output, ("  [ok]   runs",))  # a whole line, not its start
+    assert not shows(output, ("riscv64-linux",))
