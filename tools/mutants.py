@@ -124,6 +124,12 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("binfmtd/platforms.py", "    if system == host_system:\n        return (f\"{system} is",
            "    if False:\n        return (f\"{system} is",
            "register: the host's own system is registered", REGISTER_TESTS),
+    # What an aarch64 host runs itself is the kernel's answer (binfmtd/platforms.py).
+    Mutant("binfmtd/platforms.py", "    if not runs_32bit:\n        return ()\n", "",
+           "aarch64: a CPU without AArch32 is taken to run armv7l", "tests/unit/test_native.py"),
+    Mutant("binfmtd/reconcile.py", "            elif found.untrusted:\n",
+           "            elif False:\n", "sandbox-paths: a path others may change is declared",
+           "tests/unit/test_native.py"),
     # The fuzzer must reach the parser: it fails when too few examples parse.
     Mutant("binfmtd/binfmt.py", "    if len(lines) < 4:\n", "    if len(lines) < 40:\n",
            "fuzz: the parser rejects every entry", FUZZ),
