@@ -86,7 +86,7 @@ def _hint(source: str, names: str, default: str) -> str:
 def runs_32bit(system: str) -> bool:
     """Whether the kernel runs 32-bit programs of the host's family, as it says itself.
 
-    An aarch64 CPU may have no AArch32 (Apple's, Graviton 3, Ampere One): the kernel then
+    An aarch64 CPU may have no AArch32 (Apple's, AmpereOne): the kernel then
     refuses the 32-bit personality (arm64's personality(2) checks the CPU's AArch32 EL0),
     so asking for it, and putting the old one back, is the answer; `uname -m` says
     aarch64 either way. x86_64 kernels are taken to run i686, as Nix itself takes them.
