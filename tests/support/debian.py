@@ -100,7 +100,7 @@ PT_INTERP = 3
 
 
 class FetchError(RuntimeError):
-    """busybox could not be fetched or is not what it should be."""
+    """busybox, or a program from Debian, could not be fetched or is not what it should be."""
 
 
 def host_debian_mirror() -> str:
@@ -133,17 +133,37 @@ def static_busybox(arch: str, cache_dir: Path = CACHE) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="busybox-", dir=target.parent) as tmp:
-        deb = _apt_download(Path(tmp), arch, suite, "busybox-static")
-        root = Path(tmp) / "root"
-        _run(["dpkg-deb", "-x", str(deb), str(root)])
+        root = _unpacked(Path(tmp), arch, suite, "busybox-static")
         # bookworm ships /bin/busybox, trixie (merged /usr) /usr/bin/busybox.
         found = next((p for p in (root / "bin/busybox", root / "usr/bin/busybox")
                       if p.is_file() and not p.is_symlink()), None)
         if found is None:
-            raise FetchError(f"{deb.name} has no busybox in /bin or /usr/bin")
+            raise FetchError("busybox-static has no busybox in /bin or /usr/bin")
         check_elf(found, machine)
         found.chmod(0o755)
         os.replace(found, target)  # atomic: a cached file is always a whole one
+    return target
+
+
+def debian_program(package: str, path: str, cache_dir: Path = CACHE) -> Path:
+    """The program at `path` in `package` of the host's own Debian release and architecture
+    (devscripts' /usr/bin/checkbashisms), fetched once as busybox is and kept in the cache;
+    the package is never installed. Where it cannot be fetched, the test is skipped (in CI:
+    failed) with the reason."""
+    target = cache_dir / "debian" / package / Path(path).name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        arch = _run(["dpkg", "--print-architecture"]).strip()
+        with tempfile.TemporaryDirectory(prefix=f"{package}-", dir=target.parent) as tmp:
+            found = _unpacked(Path(tmp), arch, _os_release().get("VERSION_CODENAME", ""),
+                              package) / path.lstrip("/")
+            if not found.is_file():
+                raise FetchError(f"{package} has no {path}")
+            os.replace(found, target)  # atomic: a cached file is always a whole one
+    except FetchError as error:
+        require(False, f"cannot fetch {path} from Debian's {package}: {error}")
     return target
 
 
@@ -195,10 +215,17 @@ def _apt_download(work: Path, arch: str, suite: str, package: str) -> Path:
            "-o", "Acquire::Languages=none"]
     _run([*apt, "update"])
     _run([*apt, "download", f"{package}:{arch}"], cwd=work / "dl")
-    debs = list((work / "dl").glob(f"{package}_*_{arch}.deb"))
+    debs = list((work / "dl").glob(f"{package}_*.deb"))
     if len(debs) != 1:
         raise FetchError(f"apt-get download left {debs} in {work / 'dl'}")
     return debs[0]
+
+
+def _unpacked(work: Path, arch: str, suite: str, package: str) -> Path:
+    """`package` of `suite` for `arch`, downloaded into `work` and unpacked there; its root."""
+    root = work / "root"
+    _run(["dpkg-deb", "-x", str(_apt_download(work, arch, suite, package)), str(root)])
+    return root
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> str:
