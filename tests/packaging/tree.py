@@ -4,6 +4,7 @@ host."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +13,33 @@ from typing import Optional
 from tests.support.kernel import PrivateBinfmt
 
 TREE_ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=/root")
+
+
+def deb822(text: str) -> list[dict[str, str]]:
+    """The stanzas of a Debian control file (debian/control, debian/tests/control): each
+    field's value with its continuation lines joined by a space; comment lines left out."""
+    stanzas = []
+    for block in re.split(r"\n[ \t]*\n", text.strip()):
+        fields: dict[str, str] = {}
+        name = ""
+        for line in block.splitlines():
+            if line.startswith("#"):
+                continue
+            if line[:1] in (" ", "\t") and name:
+                fields[name] += " " + line.strip()
+            else:
+                name, _, value = line.partition(":")
+                fields[name] = value.strip()
+        if fields:
+            stanzas.append(fields)
+    return stanzas
+
+
+def relations(field: str) -> set[str]:
+    """The package names a Depends-like field names (every alternative; no substvars)."""
+    names = {re.split(r"[\s(:]", choice.strip())[0]
+             for relation in field.split(",") for choice in relation.split("|")}
+    return {name for name in names if name and not name.startswith("$")}
 
 
 def dpkg_status(package: str) -> Optional[str]:
