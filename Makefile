@@ -11,6 +11,11 @@ TEST_DEBS := nix-bin qemu-user-static qemu-user systemd-container debootstrap
 TEST_DEBS += strace
 # tests/farm: a network namespace (ip), keys and Ansible's connection (ssh-keygen, ssh).
 TEST_DEBS += iproute2 openssh-client
+# tests/packaging: rpmlint (from PyPI) needs rpm's Python bindings, and enchant with an
+# en_US dictionary for Fedora's spelling checks.
+TEST_DEBS += python3-rpm libenchant-2-2 hunspell-en-us
+# completion tests run the real shells
+TEST_DEBS += fish zsh
 RUN_DEBS  := python3-venv
 
 .PHONY: run test lint unit integration deps venv bench clean deb rpm mutants
