@@ -23,7 +23,7 @@ NOT_RUN = {
     "make rpm": "the packaging tier builds it (tests/packaging/test_rpm.py)",
     "sudo dnf install ./dist/binfmtd-0.1.0-1.noarch.rpm": "no Fedora here",
     "sudo systemctl enable --now binfmtd": "Fedora's step; the .deb enables it by itself",
-    "pipx install .": "no pipx in the Debian 12 tree, and no network in the machine",
+    "pipx install .": "run on the host (tests/packaging/test_pipx.py): the machine has no network",
 }
 
 
