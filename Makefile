@@ -16,6 +16,10 @@ TEST_DEBS += iproute2 openssh-client
 TEST_DEBS += python3-rpm libenchant-2-2 hunspell-en-us
 # completion tests run the real shells
 TEST_DEBS += fish zsh
+# tests/aarch64: an emulated arm64 machine (qemu-system-aarch64), its tree made by mmdebstrap
+# (apt and unpacking on this host, maintainer scripts under qemu-user-static), its disks made
+# and read back with mkfs.ext4 -d and debugfs.
+TEST_DEBS += qemu-system-arm mmdebstrap e2fsprogs
 RUN_DEBS  := python3-venv
 
 .PHONY: run test lint unit integration deps venv bench clean deb rpm mutants

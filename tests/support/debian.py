@@ -90,10 +90,12 @@ def build(generation: Generation) -> str:
 
 
 # Debian architecture -> (suite, ELF e_machine). riscv64 is not a bookworm release
-# architecture; it is one from trixie on.
+# architecture; it is one from trixie on. amd64 and i386: the aarch64 tier's x86 builders.
 ARCHES: dict[str, tuple[str, int]] = {
     "arm64": ("bookworm", 183),  # EM_AARCH64
     "riscv64": ("trixie", 243),  # EM_RISCV
+    "amd64": ("bookworm", 62),  # EM_X86_64
+    "i386": ("bookworm", 3),  # EM_386
 }
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 PT_INTERP = 3
@@ -178,19 +180,24 @@ def busybox(arch: str) -> Path:
 
 
 def check_elf(path: Path, machine: int) -> None:
-    """Refuse anything but a 64-bit little-endian static ELF executable for `machine`.
+    """Refuse anything but a little-endian static ELF executable for `machine` (64-bit, or
+    32-bit for i386).
 
     A dynamically linked busybox would fail inside the Nix sandbox for a reason that
     has nothing to do with binfmtd, so it is caught here.
     """
     data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise FetchError(f"{path} is not a 64-bit little-endian ELF file")
+    if data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] != 1:
+        raise FetchError(f"{path} is not a little-endian ELF file")
     (e_machine,) = struct.unpack_from("<H", data, 18)
     if e_machine != machine:
         raise FetchError(f"{path} has ELF machine {e_machine}, expected {machine}")
-    phoff, = struct.unpack_from("<Q", data, 32)
-    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    if data[4] == 2:  # ELFCLASS64
+        phoff, = struct.unpack_from("<Q", data, 32)
+        phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    else:
+        phoff, = struct.unpack_from("<I", data, 28)
+        phentsize, phnum = struct.unpack_from("<HH", data, 42)
     for i in range(phnum):
         (p_type,) = struct.unpack_from("<I", data, phoff + i * phentsize)
         if p_type == PT_INTERP:
