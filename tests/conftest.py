@@ -2,7 +2,7 @@
 fixtures lives in tests/support/: the real parts and require() (parts.py), the one way to
 wait (waiting.py), binfmt_misc (kernel.py), Nix (nix.py), Debian (debian.py), booted
 containers (containers.py), Ansible (ansible.py), the daemon (daemon.py), the host's guard
-(hostguard.py)."""
+(hostguard.py), the emulated arm64 machine (armvm.py)."""
 
 from __future__ import annotations
 
@@ -100,23 +100,40 @@ TREE_TIERS = {"packaging": ("bookworm",), "system": ("bookworm",), "farm": ("boo
 _tree_builder: list[subprocess.Popen[bytes]] = []
 
 
+def _tier(item: pytest.Item) -> str:
+    """tests/<tier>/...: the item's tier ('' outside tests/)."""
+    path = Path(item.fspath)
+    return path.relative_to(REPO).parts[1] if path.is_relative_to(REPO / "tests") else ""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The aarch64 tier runs last, whatever the alphabet says: on a fresh machine its arm64
+    tree is the longest of the background builds, and every other tier overlaps it."""
+    items.sort(key=lambda item: _tier(item) == "aarch64")  # stable: the rest keep their order
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """On a fresh machine the booted tiers' trees take minutes of debootstrap: start
-    building the ones this run needs at once (tests/support/debian.py), so that they
-    overlap the tiers that need none. A test that needs a tree still asks for it (the
-    tree's lock makes it wait for this build, or build it itself if this one failed)."""
+    building the ones this run needs at once (tests/support/debian.py; the aarch64 tier's
+    arm64 tree, tests/support/armvm.py), so that they overlap the tiers that need none.
+    A test that needs a tree still asks for it (the tree's lock makes it wait for this
+    build, or build it itself if this one failed)."""
+    from tests.support import armvm
     from tests.support.containers import is_built
     from tests.support.debian import GENERATIONS
 
-    tiers = {Path(item.fspath).relative_to(REPO).parts[1] for item in session.items
-             if Path(item.fspath).is_relative_to(REPO / "tests")}
+    tiers = {_tier(item) for item in session.items}
     suites = {suite for tier in tiers for suite in TREE_TIERS.get(tier, ())}
     missing = sorted(g.suite for g in GENERATIONS
                      if g.suite in suites and not is_built(g.suite, g.packages))
-    if missing and os.geteuid() == 0 and not session.config.option.collectonly:
-        _tree_builder.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.support.debian", *missing], cwd=REPO,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    builds = [["tests.support.debian", *missing]] if missing else []
+    if "aarch64" in tiers and not armvm.is_built():  # the emulated arm64 machine's tree
+        builds.append(["tests.support.armvm"])
+    if os.geteuid() == 0 and not session.config.option.collectonly:
+        for module in builds:
+            _tree_builder.append(subprocess.Popen(
+                [sys.executable, "-m", *module], cwd=REPO, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
