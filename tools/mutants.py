@@ -127,6 +127,10 @@ MUTANTS: tuple[Mutant, ...] = (
     # What an aarch64 host runs itself is the kernel's answer (binfmtd/platforms.py).
     Mutant("binfmtd/platforms.py", "    if not runs_32bit:\n        return ()\n", "",
            "aarch64: a CPU without AArch32 is taken to run armv7l", "tests/unit/test_native.py"),
+    # The service may ask the kernel for the 32-bit personality: found by the aarch64 tier.
+    Mutant("systemd/binfmtd.service", "# No LockPersonality=:", "LockPersonality=yes\n#",
+           "aarch64: the service's personality is locked (it declares no armv7l)",
+           "tests/aarch64/test_machine.py::test_a_cpu_with_aarch32_declares_arm32_natively"),
     Mutant("binfmtd/reconcile.py", "            elif found.untrusted:\n",
            "            elif False:\n", "sandbox-paths: a path others may change is declared",
            "tests/unit/test_native.py"),
