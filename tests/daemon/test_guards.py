@@ -43,7 +43,9 @@ def test_an_event_queue_that_overflowed_means_one_full_re_read(
         real_binfmt.register(RISCV64)  # its event has no room left in the queue
     finally:
         daemon.signal(signal.SIGCONT)
-    daemon.wait_until(lambda: "riscv64-linux" in daemon.nix_conf.read_text(), timeout=3)
+    # The log line follows the write: wait for it too, or its count races the file.
+    daemon.wait_until(lambda: '"event": "nixconf.written"' in daemon.log, timeout=3)
+    assert "riscv64-linux" in daemon.nix_conf.read_text()
     assert daemon.log.count('"event": "inotify.overflow"') == 1
     assert daemon.log.count('"event": "nixconf.written"') == 1  # one re-read, one write
 
