@@ -23,9 +23,9 @@ from .errors import BinfmtdError
 MAX_BYTES = 1 << 20
 SELINUX_XATTR = "security.selinux"
 TEMP_SUFFIX = ".binfmtd"
-# A temp file this old was left by a writer that died (kill -9, power loss), not by one
-# still writing: every write finishes within seconds.
-STALE_TEMP_SECONDS = 60
+# A temp file or folder this old was left by a binfmtd that died (kill -9, power loss),
+# not by one still at work: every write, validation or doctor run ends within seconds.
+ABANDONED_SECONDS = 60
 
 
 class FileRead(NamedTuple):
@@ -122,10 +122,6 @@ def _refuse_dangling(path: Path, hint: str) -> None:
     if os.path.islink(path):
         raise BinfmtdError(f"{path} is a link to {os.readlink(path)}, which does not exist: "
                            f"{hint}")
-
-
-# A temp folder this old was left by a binfmtd that died: every use ends within seconds.
-ABANDONED_SECONDS = 60
 
 
 def temp_folder(kind: str) -> str:
@@ -242,7 +238,7 @@ def _remove_stale_temp_files(target: Path) -> None:
     now = time.time()
     for leftover in target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}"):
         with contextlib.suppress(OSError):
-            if now - leftover.lstat().st_mtime > STALE_TEMP_SECONDS:
+            if now - leftover.lstat().st_mtime > ABANDONED_SECONDS:
                 leftover.unlink()
 
 

@@ -9,12 +9,11 @@ nix-daemon started after nix.conf last changed.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
 from ..errors import JSON_VERSION, BinfmtdError
-from ..files import temp_folder
+from ..files import remove_folder, temp_folder
 from ..proc import run_program
 from ..reconcile import Plan
 from .elfgen import EXIT_CODE, MACHINES, exit_program
@@ -100,7 +99,7 @@ def _run_directly(system: str, program: bytes) -> Check:
         except BinfmtdError as error:
             return Check("runs", False, str(error).replace(path, f"a {system} program"))
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_folder(folder)
     if status != EXIT_CODE:
         return Check("runs", False, f"a {system} program exited {status}, not {EXIT_CODE}")
     return Check("runs", True, f"a {len(program)}-byte {system} program ran and exited "

@@ -11,13 +11,12 @@ import contextlib
 import ctypes
 import os
 import select
-import shutil
 import signal
 import time
 from collections.abc import Sequence
 from typing import NamedTuple, Optional
 
-from ..files import temp_folder
+from ..files import remove_folder, temp_folder
 
 CLONE_NEWNS = 0x00020000
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
@@ -57,7 +56,7 @@ def run_sandboxed(program: bytes, visible: Sequence[str], timeout: float = 30.0)
         for fd in (read_end, write_end):
             if fd >= 0:
                 os.close(fd)
-        shutil.rmtree(root, ignore_errors=True)
+        remove_folder(root)
 
 
 def _outcome(pid: int, report_fd: int, deadline: float) -> Optional[SandboxRun]:
