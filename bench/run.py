@@ -36,13 +36,16 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.support.kernel import PrivateBinfmt  # noqa: E402
+from tests.support.kernel import (  # noqa: E402
+    QEMU_BINFMT,
+    RISCV64_MAGIC,
+    PrivateBinfmt,
+    binfmt_line,
+)
 
 SYSTEMD_BINFMT = "/lib/systemd/systemd-binfmt"
-MAGIC = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00"
-MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
 NAME = "binfmtd-bench"
-LINE = f":{NAME}:M::{MAGIC}:{MASK}:/usr/libexec/qemu-binfmt/riscv64-binfmt-P:OPF"
+LINE = binfmt_line(NAME, f"{QEMU_BINFMT}/riscv64-binfmt-P", magic=RISCV64_MAGIC)
 STATUS_RATIO_TARGET = 6.0
 LATENCY_TARGET_MS = 100.0
 RSS_TARGET_MB = 30.0

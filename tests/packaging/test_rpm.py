@@ -20,7 +20,7 @@ import pytest
 
 from binfmtd.config import Config, read_config
 from binfmtd.nixconf import find_block, render_block, with_block
-from tests.support.parts import REPO, require
+from tests.support.parts import REPO, project_version, require
 from tests.support.rpmlint import Rpmlint, rpmlint
 
 SPEC = REPO / "packaging" / "fedora" / "binfmtd.spec"
@@ -36,13 +36,6 @@ COMPLETIONS = {
     "zsh": "/usr/share/zsh/site-functions/_binfmtd",
     "fish": "/usr/share/fish/vendor_completions.d/binfmtd.fish",
 }
-
-
-def project_version() -> str:
-    text = (REPO / "pyproject.toml").read_text()
-    match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
-    assert match, "no version in pyproject.toml"
-    return match.group(1)
 
 
 @dataclass(frozen=True)
