@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tests.support.kernel import binfmt_line, entry_name
 from tests.support.nix import BUSYBOX_DERIVATION, DERIVATION_FILE, busybox_path, derivation_args
 
 Step = dict[str, Any]
@@ -50,7 +51,8 @@ class Layout(NamedTuple):
 
 def _line(name: str, magic: str, mask: str, interpreter: str, flags: str,
           offset: str = "") -> str:
-    return f":{name}:M:{offset}:{magic}:{mask}:{interpreter}:{flags}"
+    """The registrar's line, its fields in the order they appear in it."""
+    return binfmt_line(name, interpreter, flags, magic=magic, mask=mask, offset=offset)
 
 
 LAYOUTS = (
@@ -91,10 +93,6 @@ def debian_line(tree: Path, target: str) -> str:
     return (tree / f"usr/lib/binfmt.d/qemu-{target}.conf").read_text().strip()
 
 
-def entry_of(line: str) -> str:
-    return line.split(line[0])[1]
-
-
 # --- steps --------------------------------------------------------------------------------
 
 
@@ -116,7 +114,7 @@ def await_(step: str, declared: tuple[str, ...] = (), undeclared: tuple[str, ...
 
 def story(system: str, line: str, busybox: str) -> list[Step]:
     """Fails before, works once binfmtd followed the registration, fails after removal."""
-    name = entry_of(line)
+    name = entry_name(line)
     return [
         build(f"{system}-before", system, busybox),
         {"id": f"{system}-mark", "do": "mark"},  # the failed build started nix-daemon
@@ -144,15 +142,15 @@ def layout(case: Layout, busybox: str) -> list[Step]:
         steps.append({"id": f"{case.name}-link", "do": "install", "source": case.emulator,
                       "target": case.link, "symlink": True})
     steps.append({"id": f"{case.name}-mark", "do": "mark"})
-    steps += [{"id": f"{case.name}-register-{entry_of(line)}", "do": "register", "line": line}
+    steps += [{"id": f"{case.name}-register-{entry_name(line)}", "do": "register", "line": line}
               for line in case.lines]
     steps += [await_(f"{case.name}-declared", declared=case.systems),
               {"id": f"{case.name}-status", "do": "status"}]
     if case.build:
         steps.append(build(f"{case.name}-build", "x86_64-linux", busybox))
     steps.append({"id": f"{case.name}-mark-again", "do": "mark"})
-    steps += [{"id": f"{case.name}-unregister-{entry_of(line)}", "do": "unregister",
-               "name": entry_of(line)} for line in case.lines]
+    steps += [{"id": f"{case.name}-unregister-{entry_name(line)}", "do": "unregister",
+               "name": entry_name(line)} for line in case.lines]
     steps.append(await_(f"{case.name}-undeclared", undeclared=case.systems))
     return steps
 
@@ -179,7 +177,7 @@ def dispatcher(busybox: str, stand_in: str) -> list[Step]:
         build("dispatcher-build", "x86_64-linux", busybox),
         {"id": "dispatcher-mark-again", "do": "mark"},
         {"id": "dispatcher-unregister", "do": "unregister",
-         "name": entry_of(DISPATCHER_LINE)},
+         "name": entry_name(DISPATCHER_LINE)},
         await_("dispatcher-undeclared", undeclared=("x86_64-linux",)),
     ]
 

@@ -14,6 +14,7 @@ import pytest
 
 from tests.aarch64.plan import DISPATCHED, LAYOUTS, QEMU_X86_64, Layout
 from tests.support.armvm import Report
+from tests.support.kernel import entry_name
 from tests.support.nix import not_declared
 
 SYSTEMS = {"x86_64-linux": "x86_64", "i686-linux": "i686"}  # system -> what uname -m says
@@ -106,7 +107,7 @@ def test_the_build_fails_again_once_the_entry_is_removed(
 
 
 def _handlers(status: dict[str, Any], case: Layout) -> list[dict[str, Any]]:
-    names = {line.split(line[0])[1] for line in case.lines}
+    names = {entry_name(line) for line in case.lines}
     return [h for h in status["handlers"] if h["name"] in names]
 
 

@@ -28,7 +28,6 @@ shows the end of its serial console.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import inspect
 import json
@@ -43,12 +42,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from tests.support.containers import Unavailable, debian_mirror
+from tests.support.containers import (
+    CACHE,
+    STAMP,
+    Unavailable,
+    cached_build,
+    debian_mirror,
+    is_stamped,
+    remove_tree,
+)
 from tests.support.kernel import QEMU_BINFMT, NamespaceError, PrivateBinfmt, binfmt_line
 from tests.support.nix import DAEMON_CONF
 from tests.support.parts import REPO, require
 
-CACHE = Path("/var/tmp")
 SUITE = "trixie"
 ARCH = "arm64"
 # What the machine holds: a booted systemd, Debian's Nix (2.26, socket-activated daemon),
@@ -107,45 +113,9 @@ def tree_path() -> Path:
     return _named(f"binfmtd-{SUITE}-{ARCH}", tree_key())
 
 
-STAMP = ".binfmtd-built.stamp"
-
-
-def _is_cached(path: Path, key: str) -> bool:
-    stamp = path / STAMP
-    return stamp.is_file() and stamp.read_text() == key
-
-
 def is_built() -> bool:
     """True when the arm64 tree is complete (its stamp says so)."""
-    return _is_cached(tree_path(), tree_key())
-
-
-def _cached(path: Path, key: str, build: Callable[[Path], None]) -> Path:
-    """`path`, built by `build(tmp)` in a temporary folder beside it and renamed into place
-    with its stamp, under a lock, unless a complete one is there already."""
-    if _is_cached(path, key):
-        return path
-    if os.geteuid() != 0:
-        raise Unavailable(f"building {path.name} needs root")
-    with open(CACHE / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _is_cached(path, key):  # another run built it while we waited
-            return path
-        tmp = CACHE / f".{path.name}.{os.getpid()}.tmp"
-        for stale in [*CACHE.glob(f".{path.name}.*.tmp"), path]:
-            _remove(stale)
-        try:
-            build(tmp)
-            (tmp / STAMP).write_text(key)
-            tmp.rename(path)
-        finally:
-            _remove(tmp)
-    return path
-
-
-def _remove(path: Path) -> None:
-    if path.exists() or path.is_symlink():
-        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
+    return is_stamped(tree_path(), tree_key())
 
 
 @contextlib.contextmanager
@@ -195,7 +165,7 @@ def _build_tree(tmp: Path) -> None:
 
 def arm64_tree() -> Path:
     """The cached arm64 tree, built on first use (Unavailable where it cannot be)."""
-    return _cached(tree_path(), tree_key(), _build_tree)
+    return cached_build(tree_path(), tree_key(), _build_tree)
 
 
 # --- the image --------------------------------------------------------------------------
@@ -280,7 +250,7 @@ def _build_image(deb: Path) -> Callable[[Path], None]:
         shutil.copy(boot / kernel.name.replace("vmlinuz", "initrd.img"), tmp / "initrd.img")
         _run(["mkfs.ext4", "-q", "-L", "binfmtd-arm64", "-d", str(root), str(tmp / "disk.img"),
               IMAGE_SIZE], "mkfs.ext4 -d")
-        _remove(root)
+        remove_tree(root)
     return build
 
 
@@ -289,11 +259,11 @@ def vm_image(deb: Path) -> Image:
     Older images are removed when a new one is built (each holds a whole system)."""
     key = image_key(deb)
     path = _named("binfmtd-arm64-vm", key)
-    if not _is_cached(path, key):
+    if not is_stamped(path, key):
         for old in CACHE.glob("binfmtd-arm64-vm-*"):
             if old != path:
-                _remove(old)
-    _cached(path, key, _build_image(deb))
+                remove_tree(old)
+    cached_build(path, key, _build_image(deb))
     return Image(path / "disk.img", path / "vmlinuz", path / "initrd.img")
 
 

@@ -108,10 +108,15 @@ def tree_path(suite: str, packages: Sequence[str]) -> Path:
     return CACHE / f"binfmtd-{suite}-{digest}"
 
 
+def is_stamped(path: Path, key: str) -> bool:
+    """True when the cached folder at `path` is complete and made from `key` (its stamp)."""
+    stamp = path / STAMP
+    return stamp.is_file() and stamp.read_text() == key
+
+
 def is_built(suite: str, packages: Sequence[str]) -> bool:
     """True when the tree for (suite, packages) is complete (its stamp says so)."""
-    stamp = tree_path(suite, packages) / STAMP
-    return stamp.is_file() and stamp.read_text() == tree_key(suite, packages)
+    return is_stamped(tree_path(suite, packages), tree_key(suite, packages))
 
 
 def debian_mirror() -> str:
@@ -126,9 +131,9 @@ def debian_mirror() -> str:
     raise Unavailable("no Debian archive (a URI ending in /debian) in /etc/apt/sources.list(.d)")
 
 
-def _remove(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Delete a (partial) tree, lazily unmounting what an interrupted debootstrap left."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return
     prefix = str(path.resolve()) + "/"
     points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
@@ -138,27 +143,41 @@ def _remove(path: Path) -> None:
     subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
 
 
+def cached_build(path: Path, key: str, build: Callable[[Path], None]) -> Path:
+    """`path`, made by `build(tmp)` unless a complete one made from `key` is there.
+
+    Built in a temporary folder beside it and renamed into place with its stamp, written
+    last, so an interrupted build is never used; a lock makes concurrent runs build it once.
+    """
+    if is_stamped(path, key):
+        return path
+    if os.geteuid() != 0:
+        raise Unavailable(f"building {path} needs root")
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_stamped(path, key):  # another run built it while we waited
+            return path
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            remove_tree(stale)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+        try:
+            build(tmp)
+            (tmp / STAMP).write_text(key)
+            remove_tree(path)  # an older build of the same key without a stamp
+            tmp.rename(path)
+        finally:
+            remove_tree(tmp)
+    return path
+
+
 def debian_tree(suite: str, packages: Sequence[str]) -> Path:
     """The cached tree of `suite` with `packages` (debootstrap minbase), built if missing.
+    Takes about a minute per suite when cold, nothing when warm."""
+    included = ",".join(sorted(set(packages)))
 
-    Built in a temporary folder beside the cache and renamed into place only when complete,
-    so an interrupted build is never booted; a lock makes concurrent runs build it once.
-    Takes about a minute per suite when cold, nothing when warm.
-    """
-    tree = tree_path(suite, packages)
-    if is_built(suite, packages):
-        return tree
-    if os.geteuid() != 0:
-        raise Unavailable("building a Debian tree needs root (debootstrap)")
-    with open(CACHE / f".{tree.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if is_built(suite, packages):  # another run built it while we waited
-            return tree
-        for stale in CACHE.glob(f".{tree.name}.*.tmp"):
-            _remove(stale)
-        tmp = CACHE / f".{tree.name}.{os.getpid()}.tmp"
-        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(sorted(set(packages)))}",
-               suite, str(tmp), debian_mirror()]
+    def build(tmp: Path) -> None:
+        cmd = ["debootstrap", "--variant=minbase", f"--include={included}", suite, str(tmp),
+               debian_mirror()]
         try:
             result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, timeout=DEBOOTSTRAP_TIMEOUT)
@@ -168,16 +187,13 @@ def debian_tree(suite: str, packages: Sequence[str]) -> Path:
         if result.returncode != 0:
             log = tmp / "debootstrap" / "debootstrap.log"
             detail = log.read_text(errors="replace")[-3000:] if log.is_file() else ""
-            _remove(tmp)
             raise Unavailable(f"{' '.join(cmd)} failed ({result.returncode}):\n"
                               f"{result.stdout[-3000:]}\n{detail}")
         for deb in (tmp / "var/cache/apt/archives").glob("*.deb"):
             deb.unlink()  # a hundred MB no test needs
         (tmp / "etc/hostname").write_text(f"binfmtd-{suite}\n")  # debootstrap copies the host's
-        (tmp / STAMP).write_text(tree_key(suite, packages))
-        _remove(tree)  # an older build of the same key without a stamp
-        tmp.rename(tree)
-    return tree
+
+    return cached_build(tree_path(suite, packages), tree_key(suite, packages), build)
 
 
 # --- a booted container -----------------------------------------------------------------

@@ -69,9 +69,11 @@ LOONGARCH64_MASK = (
 
 
 def binfmt_line(name: str, interpreter: str, flags: str = "OPF",
-                magic: str = DEBIAN_AARCH64_MAGIC, mask: str = DEBIAN_AARCH64_MASK) -> str:
-    """A magic-type binfmt_misc line (by default Debian's aarch64 magic and mask)."""
-    return f":{name}:M::{magic}:{mask}:{interpreter}:{flags}"
+                magic: str = DEBIAN_AARCH64_MAGIC, mask: str = DEBIAN_AARCH64_MASK,
+                offset: str = "") -> str:
+    """A magic-type binfmt_misc line (by default Debian's aarch64 magic and mask; an empty
+    offset, as most registrars write it; FEX and update-binfmts write 0)."""
+    return f":{name}:M:{offset}:{magic}:{mask}:{interpreter}:{flags}"
 
 
 # Debian's qemu-user-static lines under test names (any test's own binfmt_misc only).
